@@ -1,0 +1,1 @@
+"""The small core every command stands on: model resolution, artifacts, evaluation, I/O conventions."""

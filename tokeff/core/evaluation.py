@@ -1,0 +1,115 @@
+"""Bits per UTF-8 byte: the tokenizer-independent yardstick every capability reports its quality with.
+
+bpb = (sum of the tokens' negative log-likelihoods, in bits) / (UTF-8 bytes of the text).
+Long texts are scored with overlapping windows: each window holds up to `context` tokens and
+scores only the tokens the previous window did not, so every token is scored once with at least
+`context - stride` tokens of left context.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from tokeff.core import console
+from tokeff.core.errors import TokeffError
+from tokeff.core.models import LoadedModel
+
+
+@dataclass
+class BpbResult:
+    bpb: float
+    bytes: int
+    tokens: int
+    seconds: float
+    context: int
+    stride: int
+    token_nll: torch.Tensor = field(repr=False)  # nats per token, aligned with token_ids
+    token_ids: list[int] = field(repr=False)
+
+    def to_json(self) -> dict:
+        return {
+            "bpb": self.bpb,
+            "bytes": self.bytes,
+            "tokens": self.tokens,
+            "bytes_per_token": self.bytes / self.tokens,
+            "seconds": self.seconds,
+            "context": self.context,
+            "stride": self.stride,
+        }
+
+
+def prefix_token_id(lm: LoadedModel) -> int:
+    """The token each window starts with: BOS if the tokenizer adds one, else its end-of-text token.
+
+    A document-boundary token lets the first token of the text be scored, and starting every
+    window with it keeps models that rely on BOS as an attention sink (Gemma) well-behaved.
+    """
+    tokenizer = lm.tokenizer
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    if tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id:
+        return tokenizer.bos_token_id
+    for candidate in (tokenizer.eos_token_id, tokenizer.bos_token_id):
+        if candidate is not None:
+            return candidate
+    raise TokeffError(f"{lm.spec}: tokenizer has neither a BOS nor an EOS token to start windows with")
+
+
+def window_plan(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, end, first_scored) for each window over the token sequence."""
+    if stride <= 0 or stride > context:
+        raise TokeffError(f"--stride must be in 1..{context} (the context), got {stride}")
+    plan, scored_until, start = [], 0, 0
+    while scored_until < n_tokens:
+        end = min(start + context, n_tokens)
+        plan.append((start, end, scored_until))
+        scored_until = end
+        start += stride
+    return plan
+
+
+@torch.inference_mode()
+def token_nlls(lm: LoadedModel, token_ids: list[int], context: int, stride: int) -> torch.Tensor:
+    """Negative log-likelihood (nats) of every token, each window prefixed by the boundary token."""
+    prefix = prefix_token_id(lm)
+    # The prefix occupies one position of the model's context.
+    plan = window_plan(len(token_ids), context - 1, stride)
+    ids = torch.tensor(token_ids, dtype=torch.long)
+    nll = torch.empty(len(token_ids), dtype=torch.float64)
+    for start, end, first_scored in console.track(plan, "scoring"):
+        window = torch.cat([torch.tensor([prefix]), ids[start:end]]).unsqueeze(0).to(lm.device)
+        n_scored = end - first_scored
+        # Only the scored positions' logits are computed: a 262k vocabulary makes full logits costly.
+        logits = lm.model(window, logits_to_keep=n_scored + 1).logits[0, :-1].float()
+        targets = window[0, -n_scored:]
+        nll[first_scored:end] = F.cross_entropy(logits, targets, reduction="none").double().cpu()
+    return nll
+
+
+def bits_per_byte(lm: LoadedModel, text: str, context: int = 1024, stride: int | None = None) -> BpbResult:
+    if context < 2:
+        raise TokeffError(f"--context must be at least 2, got {context}")
+    limit = lm.model.config.get_text_config().max_position_embeddings
+    if limit and context > limit:
+        raise TokeffError(f"--context {context} exceeds the model's {limit} positions")
+    stride = stride or max(1, context // 2)
+    started = time.perf_counter()
+    token_ids = lm.encode(text, add_special_tokens=False)
+    if not token_ids:
+        raise TokeffError("the text produced no tokens")
+    nll = token_nlls(lm, token_ids, context, stride)
+    n_bytes = len(text.encode("utf-8"))
+    return BpbResult(
+        bpb=float(nll.sum()) / math.log(2) / n_bytes,
+        bytes=n_bytes,
+        tokens=len(token_ids),
+        seconds=time.perf_counter() - started,
+        context=context,
+        stride=stride,
+        token_nll=nll,
+        token_ids=token_ids,
+    )

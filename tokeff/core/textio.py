@@ -1,0 +1,35 @@
+"""Reading user text files with the checks every command needs (exists, non-empty, valid UTF-8)."""
+
+from pathlib import Path
+
+from tokeff.core.errors import TokeffError
+
+
+def read_text(path: Path | str, max_bytes: int | None = None) -> str:
+    """The file's text, cut to at most `max_bytes` UTF-8 bytes at a character boundary."""
+    path = Path(path)
+    if not path.is_file():
+        raise TokeffError(f"{path}: no such file")
+    data = path.read_bytes()
+    if max_bytes is not None:
+        if max_bytes <= 0:
+            raise TokeffError(f"--max-bytes must be positive, got {max_bytes}")
+        data = trim_partial_char(data[:max_bytes])
+    if not data.strip():
+        raise TokeffError(f"{path}: file is empty")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TokeffError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+
+
+def trim_partial_char(data: bytes) -> bytes:
+    """Drop a UTF-8 character that a byte cut split in two (its lead byte and 0-2 continuation bytes)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:  # ASCII: nothing split
+            return data
+        if byte >= 0xC0:  # lead byte: is its sequence complete?
+            length = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return data if length <= back else data[:-back]
+    return data

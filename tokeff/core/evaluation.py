@@ -76,8 +76,8 @@ def window_plan(n_tokens: int, context: int, stride: int) -> list[tuple[int, int
 def token_nlls(lm: LoadedModel, token_ids: list[int], context: int, stride: int) -> torch.Tensor:
     """Negative log-likelihood (nats) of every token, each window prefixed by the boundary token."""
     prefix = prefix_token_id(lm)
-    # The prefix occupies one position of the model's context.
-    plan = window_plan(len(token_ids), context - 1, stride)
+    # The prefix occupies one position of the model's context, so a full-context stride shrinks with it.
+    plan = window_plan(len(token_ids), context - 1, min(stride, context - 1))
     ids = torch.tensor(token_ids, dtype=torch.long)
     nll = torch.empty(len(token_ids), dtype=torch.float64)
     for start, end, first_scored in console.track(plan, "scoring"):
@@ -97,6 +97,8 @@ def bits_per_byte(lm: LoadedModel, text: str, context: int = 1024, stride: int |
     if limit and context > limit:
         raise TokeffError(f"--context {context} exceeds the model's {limit} positions")
     stride = stride or max(1, context // 2)
+    if not 1 <= stride <= context:
+        raise TokeffError(f"--stride must be in 1..{context} (the context), got {stride}")
     started = time.perf_counter()
     token_ids = lm.encode(text, add_special_tokens=False)
     if not token_ids:

@@ -14,7 +14,7 @@ def tensor_shapes(folder: Path) -> dict[str, list[int]]:
     """Every tensor's shape, read from the safetensors headers alone (no weights are loaded)."""
     shapes: dict[str, list[int]] = {}
     for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
+        with safe_open(str(file), framework="numpy") as handle:
             for name in handle.keys():
                 shapes[name] = list(handle.get_slice(name).get_shape())
     return shapes

@@ -1,0 +1,59 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tokeff.core.errors import TokeffError
+from tokeff.core.evaluation import bits_per_byte, prefix_token_id, window_plan
+from tokeff.core.models import load_model
+
+TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 3
+
+
+@pytest.mark.parametrize("n, context, stride", [(1, 8, 4), (10, 4, 4), (37, 8, 3), (100, 16, 16), (5, 16, 1)])
+def test_window_plan_scores_each_token_once_with_context(n, context, stride):
+    plan = window_plan(n, context, stride)
+    scored = [i for start, end, first in plan for i in range(first, end)]
+    assert scored == list(range(n))
+    for start, end, first in plan:
+        assert end - start <= context and start <= first < end
+        assert first - start >= min(first, context - stride)  # at least context - stride tokens of history
+
+
+def test_window_plan_rejects_bad_stride():
+    with pytest.raises(TokeffError, match="stride"):
+        window_plan(10, 4, 5)
+
+
+def _brute_force_bits(lm, text):
+    ids = [prefix_token_id(lm)] + lm.encode(text, add_special_tokens=False)
+    with torch.no_grad():
+        logits = lm.model(torch.tensor([ids])).logits[0, :-1]
+    return F.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum").item() / math.log(2)
+
+
+def test_bpb_matches_one_full_forward_pass(tiny_model_dir):
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    result = bits_per_byte(lm, TEXT, context=512)
+    assert result.bytes == len(TEXT.encode())
+    assert result.tokens == len(lm.encode(TEXT, add_special_tokens=False))
+    assert result.bpb == pytest.approx(_brute_force_bits(lm, TEXT) / result.bytes, rel=1e-5)
+
+
+def test_sliding_windows_stay_close_to_full_context(tiny_model_dir):
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    full = bits_per_byte(lm, TEXT, context=512).bpb
+    windowed = bits_per_byte(lm, TEXT, context=32, stride=8)
+    assert windowed.stride == 8
+    # A random model barely uses context, so windowing changes little, but it must change something.
+    assert windowed.bpb == pytest.approx(full, rel=0.05)
+    assert windowed.bpb != full
+
+
+def test_bpb_bad_arguments(tiny_llama_dir):
+    lm = load_model(str(tiny_llama_dir), device="cpu")
+    with pytest.raises(TokeffError, match="exceeds"):
+        bits_per_byte(lm, TEXT, context=100_000)
+    with pytest.raises(TokeffError, match="at least 2"):
+        bits_per_byte(lm, TEXT, context=1)

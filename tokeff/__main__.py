@@ -1,0 +1,3 @@
+from tokeff.cli.app import main
+
+main()

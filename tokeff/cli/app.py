@@ -1,0 +1,55 @@
+"""Entry point: assembles the command groups and turns errors into one-line messages and exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from tokeff.cli import artifacts, decode, evaluate, models
+from tokeff.core.errors import TokeffError
+
+app = typer.Typer(
+    name="tokeff",
+    help="Model-surgery and tokenizer utilities for language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(models.app, name="models")
+app.add_typer(evaluate.app, name="eval")
+app.command("inspect")(artifacts.inspect)
+app.command("verify")(artifacts.verify)
+app.command("decode")(decode.decode)
+
+
+def _quiet_libraries() -> None:
+    """Library warnings and tqdm bars would bury tokeff's own stderr output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stderr.write(f"tokeff: error: {message}\n")
+    sys.exit(code)
+
+
+def main() -> None:
+    _quiet_libraries()
+    try:
+        app()  # standalone mode: Typer reports usage errors itself and exits 2
+    except TokeffError as exc:
+        _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except MemoryError:
+        _fail("out of memory", 1)
+    except Exception as exc:  # a bug: one line by default, the traceback on request
+        if os.environ.get("TOKEFF_DEBUG"):
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (set TOKEFF_DEBUG=1 for a traceback)", 1)

@@ -1,0 +1,78 @@
+"""`tokeff decode`: generate a continuation with any registered decode method."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tokeff.cli.options import Device, Dtype, Json, TrustRemoteCode
+from tokeff.core import console
+from tokeff.core.errors import TokeffError
+
+
+def decode(
+    model: Annotated[str, typer.Option("--model", "-m", help="Built-in name, .gguf file, folder or hub id.")],
+    prompt: Annotated[str | None, typer.Option(help="Prompt text.")] = None,
+    prompt_file: Annotated[Path | None, typer.Option(help="Read the prompt from a UTF-8 file.")] = None,
+    method: Annotated[str, typer.Option(help="Decode method (see `tokeff decode --list-methods`).")] = "greedy",
+    max_new_tokens: Annotated[int, typer.Option(help="Stop after this many new tokens.")] = 128,
+    temperature: Annotated[float | None, typer.Option(help="0 is argmax; default 0, or 1 for --method sample.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Sample from the k most likely tokens.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed for sampling.")] = None,
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the tokenizer's chat template.")] = False,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past end-of-sequence.")] = False,
+    list_methods: Annotated[bool, typer.Option("--list-methods", help="List decode methods and exit.")] = False,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    trust_remote_code: TrustRemoteCode = False,
+    json: Json = False,
+) -> None:
+    """Stream a continuation to stdout; statistics go to stderr (or into the --json object)."""
+    from tokeff.core.models import load_model
+    from tokeff.core.textio import read_text
+    from tokeff.decoding import get_method, method_names
+    from tokeff.decoding.types import DecodeConfig, Prompt
+
+    if list_methods:
+        for name in method_names():
+            console.stdout.print(f"{name}\t{get_method(name).summary}")
+        return
+    if (prompt is None) == (prompt_file is None):
+        raise TokeffError("give exactly one of --prompt and --prompt-file")
+    if max_new_tokens < 1:
+        raise TokeffError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    method_cls = get_method(method)
+    text = read_text(prompt_file) if prompt_file is not None else prompt
+    if not text:
+        raise TokeffError("the prompt is empty")
+    config = DecodeConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=method_cls.default_temperature if temperature is None else temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop_at_eos=not ignore_eos,
+    )
+    lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    decoder = method_cls(lm, config)
+    stream = None if json else _write_stdout
+    result = decoder.generate(Prompt.from_text(lm, text, chat=chat), on_text=stream)
+    if json:
+        console.emit_json({"model": model, "method": method, **result.to_json()})
+        return
+    sys.stdout.write("\n")
+    stats = result.stats.to_json()
+    console.info(
+        f"[{method}] {stats['tokens']} tokens in {stats['seconds']:.2f} s ({stats['tokens_per_s']:.1f} tokens/s), "
+        f"{stats['forward_passes']} forward passes, {stats['accepted_per_pass']:.2f} tokens/pass, "
+        f"peak KV cache {stats['peak_kv_bytes'] / 2**20:.1f} MiB"
+    )
+
+
+def _write_stdout(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

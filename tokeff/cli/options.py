@@ -1,0 +1,15 @@
+"""Options shared by many commands, so every command spells them the same way."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+Dtype = Annotated[str, typer.Option(help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16 or float16.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
+TrustRemoteCode = Annotated[
+    bool, typer.Option("--trust-remote-code", help="Allow model code from the model folder (off by default).")
+]
+Output = Annotated[Path, typer.Option("-o", "--output", help="Output artifact folder.")]

@@ -1,0 +1,58 @@
+"""Plain autoregressive decoding, one forward pass per token: the baseline every method is measured against."""
+
+from __future__ import annotations
+
+from tokeff.core.errors import TokeffError
+from tokeff.decoding.registry import DecodeMethod, register
+from tokeff.decoding.runner import CachedRunner
+from tokeff.decoding.sampling import TokenChooser
+from tokeff.decoding.streaming import CallbackStreamer
+from tokeff.decoding.types import DecodeResult, DecodeStats, Prompt, TextCallback
+
+
+class Autoregressive(DecodeMethod):
+    def generate(self, prompt: Prompt, on_text: TextCallback | None = None) -> DecodeResult:
+        if not prompt.ids:
+            raise TokeffError("the prompt produced no tokens")
+        stats = DecodeStats(prompt_tokens=len(prompt.ids))
+        runner = CachedRunner(self.lm, stats)
+        chooser = TokenChooser(self.config)
+        streamer = CallbackStreamer(self.lm.tokenizer, on_text)
+        eos = self.lm.eos_token_ids if self.config.stop_at_eos else set()
+        generated: list[int] = []
+        feed = prompt.ids
+        while len(generated) < self.config.max_new_tokens:
+            token = chooser.choose(runner.forward(feed)[-1])
+            generated.append(token)
+            streamer.push([token])
+            if token in eos:
+                break
+            feed = [token]
+        streamer.end()
+        stats.new_tokens = len(generated)
+        stats.finish()
+        text = self.lm.tokenizer.decode(generated, skip_special_tokens=True)
+        return DecodeResult(text=text, token_ids=generated, stats=stats)
+
+
+@register
+class Greedy(Autoregressive):
+    name = "greedy"
+    summary = "argmax at every step (the baseline)"
+
+    def __init__(self, lm, config, **options) -> None:
+        if config.temperature != 0:
+            raise TokeffError("--method greedy does not sample; use --method sample with --temperature")
+        super().__init__(lm, config, **options)
+
+
+@register
+class Sample(Autoregressive):
+    name = "sample"
+    summary = "seeded sampling with temperature / top-k / top-p"
+    default_temperature = 1.0
+
+    def __init__(self, lm, config, **options) -> None:
+        if config.temperature == 0:
+            raise TokeffError("--method sample needs --temperature > 0 (use --method greedy for argmax)")
+        super().__init__(lm, config, **options)

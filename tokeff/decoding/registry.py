@@ -1,0 +1,64 @@
+"""The decode-method registry and the base class every method implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from tokeff.core.errors import TokeffError
+from tokeff.core.models import LoadedModel
+from tokeff.decoding.types import DecodeConfig, DecodeResult, Prompt, TextCallback
+
+_METHODS: dict[str, type[DecodeMethod]] = {}
+
+# Modules that define methods; imported on first lookup so `tokeff --help` stays fast.
+_METHOD_MODULES = ("tokeff.decoding.autoregressive",)
+
+
+class DecodeMethod(ABC):
+    """One way of generating a continuation. Subclasses set `name` and register with `@register`."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    lossless: ClassVar[bool] = True  # output equals plain decoding of the same model
+    default_temperature: ClassVar[float] = 0.0  # used when --temperature is not given
+    options: ClassVar[dict[str, Any]] = {}  # option name -> default, accepted from the CLI
+
+    def __init__(self, lm: LoadedModel, config: DecodeConfig, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
+            raise TokeffError(f"{flags} does not apply to --method {self.name}")
+        self.lm = lm
+        self.config = config
+        self.opts = {**self.options, **options}
+
+    @abstractmethod
+    def generate(self, prompt: Prompt, on_text: TextCallback | None = None) -> DecodeResult:
+        """Generate up to `config.max_new_tokens` tokens after the prompt, streaming text to `on_text`."""
+
+
+def register(cls: type[DecodeMethod]) -> type[DecodeMethod]:
+    if cls.name in _METHODS:
+        raise ValueError(f"decode method '{cls.name}' registered twice")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def _load_all() -> None:
+    import importlib
+
+    for module in _METHOD_MODULES:
+        importlib.import_module(module)
+
+
+def get_method(name: str) -> type[DecodeMethod]:
+    _load_all()
+    if name not in _METHODS:
+        raise TokeffError(f"unknown decode method '{name}' (available: {', '.join(sorted(_METHODS))})")
+    return _METHODS[name]
+
+
+def method_names() -> list[str]:
+    _load_all()
+    return sorted(_METHODS)

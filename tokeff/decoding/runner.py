@@ -1,0 +1,35 @@
+"""Model calls with a KV cache, counted: the step every decode method is built from."""
+
+from __future__ import annotations
+
+import torch
+from transformers import Cache, DynamicCache
+
+from tokeff.core.models import LoadedModel
+from tokeff.decoding.types import DecodeStats
+
+
+class CachedRunner:
+    """Feeds tokens through the model with a growing transformers cache and records the statistics."""
+
+    def __init__(self, lm: LoadedModel, stats: DecodeStats, cache: Cache | None = None) -> None:
+        self.lm = lm
+        self.stats = stats
+        self.cache = cache if cache is not None else DynamicCache(config=lm.model.config)
+
+    @property
+    def length(self) -> int:
+        return self.cache.get_seq_length()
+
+    @torch.inference_mode()
+    def forward(self, token_ids: list[int], **model_kwargs) -> torch.Tensor:
+        """Logits (float32) for each of `token_ids`, appended after the cached context."""
+        inputs = torch.tensor([token_ids], dtype=torch.long, device=self.lm.device)
+        output = self.lm.model(input_ids=inputs, past_key_values=self.cache, use_cache=True, **model_kwargs)
+        self.stats.forward_passes += 1
+        self.stats.observe_cache(self.cache)
+        return output.logits[0].float()
+
+    def crop(self, length: int) -> None:
+        """Forget cached positions past `length` (rejected draft tokens)."""
+        self.cache.crop(length)

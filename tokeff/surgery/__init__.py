@@ -1,0 +1,1 @@
+"""Offline weight transforms that write model artifacts (tokenizer transplant, KV-cache calibration)."""

@@ -94,7 +94,7 @@ def test_chooser_distribution_matches_warped_softmax():
 def test_sampled_frequencies_follow_the_distribution():
     logits = torch.log(torch.tensor([0.5, 0.3, 0.2]))
     chooser = TokenChooser(DecodeConfig(temperature=1.0, seed=0))
-    counts = torch.bincount(torch.tensor([chooser.choose(logits) for _ in range(4000)]), minlength=3) / 4000
+    counts = torch.bincount(torch.tensor([chooser.choose(logits, []) for _ in range(4000)]), minlength=3) / 4000
     assert torch.allclose(counts, torch.tensor([0.5, 0.3, 0.2]), atol=0.03)
 
 

@@ -57,3 +57,14 @@ def test_bpb_bad_arguments(tiny_llama_dir):
         bits_per_byte(lm, TEXT, context=100_000)
     with pytest.raises(TokeffError, match="at least 2"):
         bits_per_byte(lm, TEXT, context=1)
+
+
+@pytest.mark.parametrize("chunk", [1, 5])
+def test_decode_order_with_a_plain_cache_matches_windows(tiny_model_dir, chunk):
+    """A full-precision cache changes nothing, so decode-order scoring must equal the window scorer."""
+    from transformers import DynamicCache
+
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    windows = bits_per_byte(lm, TEXT, context=64, stride=64)
+    ordered = bits_per_byte(lm, TEXT, context=64, make_cache=lambda: DynamicCache(config=lm.model.config), chunk=chunk)
+    assert torch.allclose(ordered.token_nll, windows.token_nll, atol=1e-4)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -90,7 +91,46 @@ def token_nlls(lm: LoadedModel, token_ids: list[int], context: int, stride: int)
     return nll
 
 
-def bits_per_byte(lm: LoadedModel, text: str, context: int = 1024, stride: int | None = None) -> BpbResult:
+@torch.inference_mode()
+def decode_order_nlls(
+    lm: LoadedModel, token_ids: list[int], make_cache: Callable[[], object], chunk: int = 1, segment: int | None = None
+) -> torch.Tensor:
+    """Negative log-likelihood (nats) of every token when the text is fed through a cache in decode order.
+
+    Caches that change what attention sees (quantized, evicting) must be measured as generation
+    meets them: each call of `chunk` tokens attends over the cache as it stands after the earlier
+    calls. With `segment`, the text is cut into pieces of that many tokens, each with a fresh cache
+    and the boundary token, for caches bounded by the model's context; without, it is one stream.
+    """
+    prefix = prefix_token_id(lm)
+    segment = segment or len(token_ids)
+    nll = torch.empty(len(token_ids), dtype=torch.float64)
+    starts = range(0, len(token_ids), segment)
+    for seg_start in console.track(starts, "scoring in decode order"):
+        feed = [prefix] + token_ids[seg_start : seg_start + segment]
+        cache = make_cache()
+        for start in range(0, len(feed) - 1, chunk):
+            piece = feed[start : start + chunk]
+            targets = torch.tensor(feed[start + 1 : start + 1 + len(piece)], device=lm.device)
+            inputs = torch.tensor([piece], device=lm.device)
+            logits = lm.model(input_ids=inputs, past_key_values=cache, use_cache=True).logits[0].float()
+            n = len(targets)
+            nll[seg_start + start : seg_start + start + n] = (
+                F.cross_entropy(logits[:n], targets, reduction="none").double().cpu()
+            )
+    return nll
+
+
+def bits_per_byte(
+    lm: LoadedModel,
+    text: str,
+    context: int = 1024,
+    stride: int | None = None,
+    make_cache: Callable[[], object] | None = None,
+    chunk: int = 1,
+) -> BpbResult:
+    """Bits per byte with sliding windows, or, given `make_cache`, in decode order through that cache
+    (segments of `context` tokens, `chunk` tokens per model call)."""
     if context < 2:
         raise TokeffError(f"--context must be at least 2, got {context}")
     limit = lm.model.config.get_text_config().max_position_embeddings
@@ -103,7 +143,10 @@ def bits_per_byte(lm: LoadedModel, text: str, context: int = 1024, stride: int |
     token_ids = lm.encode(text, add_special_tokens=False)
     if not token_ids:
         raise TokeffError("the text produced no tokens")
-    nll = token_nlls(lm, token_ids, context, stride)
+    if make_cache is None:
+        nll = token_nlls(lm, token_ids, context, stride)
+    else:
+        nll = decode_order_nlls(lm, token_ids, make_cache, chunk=chunk, segment=context - 1)
     n_bytes = len(text.encode("utf-8"))
     return BpbResult(
         bpb=float(nll.sum()) / math.log(2) / n_bytes,

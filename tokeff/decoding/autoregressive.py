@@ -5,7 +5,7 @@ from __future__ import annotations
 from tokeff.core.errors import TokeffError
 from tokeff.decoding.registry import DecodeMethod, register
 from tokeff.decoding.runner import CachedRunner
-from tokeff.decoding.sampling import TokenChooser
+from tokeff.decoding.sampling import make_chooser
 from tokeff.decoding.streaming import CallbackStreamer
 from tokeff.decoding.types import DecodeResult, DecodeStats, Prompt, TextCallback
 
@@ -15,14 +15,14 @@ class Autoregressive(DecodeMethod):
         if not prompt.ids:
             raise TokeffError("the prompt produced no tokens")
         stats = DecodeStats(prompt_tokens=len(prompt.ids))
-        runner = CachedRunner(self.lm, stats)
-        chooser = TokenChooser(self.config)
+        runner = CachedRunner.for_config(self.lm, stats, self.config)
+        chooser = make_chooser(self.config)
         streamer = CallbackStreamer(self.lm.tokenizer, on_text)
         eos = self.lm.eos_token_ids if self.config.stop_at_eos else set()
         generated: list[int] = []
         feed = prompt.ids
         while len(generated) < self.config.max_new_tokens:
-            token = chooser.choose(runner.forward(feed)[-1])
+            token = chooser.choose(runner.forward(feed)[-1], prompt.ids + generated)
             generated.append(token)
             streamer.push([token])
             if token in eos:

@@ -11,8 +11,6 @@ from tokeff.decoding.types import DecodeConfig, DecodeResult, Prompt, TextCallba
 
 _METHODS: dict[str, type[DecodeMethod]] = {}
 
-# Modules that define methods; imported on first lookup so `tokeff --help` stays fast.
-_METHOD_MODULES = ("tokeff.decoding.autoregressive",)
 
 
 class DecodeMethod(ABC):
@@ -46,10 +44,17 @@ def register(cls: type[DecodeMethod]) -> type[DecodeMethod]:
 
 
 def _load_all() -> None:
-    import importlib
+    """Import every module of this package once, so each method registers itself (no central list to edit).
 
-    for module in _METHOD_MODULES:
-        importlib.import_module(module)
+    Done on first lookup rather than at import, so `tokeff --help` does not pay for torch.
+    """
+    import importlib
+    import pkgutil
+
+    import tokeff.decoding as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
 
 
 def get_method(name: str) -> type[DecodeMethod]:

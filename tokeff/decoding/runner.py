@@ -6,7 +6,7 @@ import torch
 from transformers import Cache, DynamicCache
 
 from tokeff.core.models import LoadedModel
-from tokeff.decoding.types import DecodeStats
+from tokeff.decoding.types import DecodeConfig, DecodeStats
 
 
 class CachedRunner:
@@ -16,6 +16,11 @@ class CachedRunner:
         self.lm = lm
         self.stats = stats
         self.cache = cache if cache is not None else DynamicCache(config=lm.model.config)
+
+    @classmethod
+    def for_config(cls, lm: LoadedModel, stats: DecodeStats, config: DecodeConfig) -> CachedRunner:
+        """A runner with the cache the configuration asks for (e.g. a quantized one), else a plain one."""
+        return cls(lm, stats, config.cache_factory(lm) if config.cache_factory else None)
 
     @property
     def length(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
@@ -49,8 +51,16 @@ class TokenChooser:
     def sample(self, probs: torch.Tensor) -> int:
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
-    def choose(self, logits: torch.Tensor) -> int:
-        """The next token from one position's logits."""
+    def choose(self, logits: torch.Tensor, history: Sequence[int]) -> int:
+        """The next token from one position's logits; `history` is every token before it (prompt included).
+
+        Plain choosers ignore the history; a watermark chooser derives its randomness from it.
+        """
         if self.greedy:
             return int(logits.argmax())
         return self.sample(self.distribution(logits))
+
+
+def make_chooser(config: DecodeConfig) -> TokenChooser:
+    """The configured chooser: a plug-in's (a watermark's) if given, else plain greedy/sampling."""
+    return config.chooser_factory(config) if config.chooser_factory else TokenChooser(config)

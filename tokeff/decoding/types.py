@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from transformers import Cache
 
 from tokeff.core.models import LoadedModel
+
+if TYPE_CHECKING:
+    from tokeff.decoding.sampling import TokenChooser
 
 TextCallback = Callable[[str], None]
 
@@ -21,6 +24,10 @@ class DecodeConfig:
     top_p: float | None = None
     seed: int | None = None
     stop_at_eos: bool = True
+    # Hooks other capabilities plug in without touching each method: a watermark supplies its own
+    # token chooser, a quantized KV cache its own cache.
+    chooser_factory: Callable[[DecodeConfig], TokenChooser] | None = None
+    cache_factory: Callable[[LoadedModel], Cache] | None = None
 
 
 @dataclass

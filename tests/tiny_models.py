@@ -71,38 +71,33 @@ def sentencepiece_tokenizer(vocab_size: int = 500) -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_llama(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+def _tiny_sizes(tokenizer: PreTrainedTokenizerFast) -> dict:
+    return dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=512,
-        tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+
+
+def tiny_llama(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(**_tiny_sizes(tokenizer), num_key_value_heads=2, tie_word_embeddings=True)
     return LlamaForCausalLM(config).eval()
 
 
 def tiny_gemma3(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Gemma3ForCausalLM:
     torch.manual_seed(seed)
     config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **_tiny_sizes(tokenizer),
         num_key_value_heads=1,
         head_dim=16,
         sliding_window=16,
         layer_types=["sliding_attention", "full_attention"],
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     return Gemma3ForCausalLM(config).eval()

@@ -11,6 +11,7 @@ Writes docs/foundation.md and docs/foundation.json.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -54,12 +55,14 @@ def main() -> None:
             return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
         _, hf_seconds = timed(transformers_gguf_load)
+        gc.collect()  # the next conversion needs the memory back
         with tempfile.TemporaryDirectory() as home:
             os.environ["TOKEFF_HOME"] = home
             _, first_seconds = timed(lambda: load_model(name, device="cpu"))
             lm, warm_seconds = timed(lambda: load_model(name, device="cpu"))
             result = bits_per_byte(lm, text, context=args.context)
-        del os.environ["TOKEFF_HOME"]
+        del os.environ["TOKEFF_HOME"], lm, result
+        gc.collect()
         row = {
             "model": name,
             "transformers_gguf_load_s": hf_seconds,

@@ -61,8 +61,6 @@ def main() -> None:
             _, first_seconds = timed(lambda: load_model(name, device="cpu"))
             lm, warm_seconds = timed(lambda: load_model(name, device="cpu"))
             result = bits_per_byte(lm, text, context=args.context)
-        del os.environ["TOKEFF_HOME"], lm, result
-        gc.collect()
         row = {
             "model": name,
             "transformers_gguf_load_s": hf_seconds,
@@ -71,6 +69,8 @@ def main() -> None:
             "warm_speedup": hf_seconds / warm_seconds,
             **{f"bpb_{key}": value for key, value in result.to_json().items()},
         }
+        del os.environ["TOKEFF_HOME"], lm, result
+        gc.collect()  # the next model's conversion needs the memory back
         rows.append(row)
         print(json.dumps(row), flush=True)
 

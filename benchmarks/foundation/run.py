@@ -85,6 +85,9 @@ def main() -> None:
         "against tokeff's first load (the same conversion, written once into the cache as safetensors) and "
         "tokeff's warm load (the cached folder, its hashes checked through a size/mtime stamp).",
         "",
+        "The committed run shared the 2 cores with other jobs (load average 8-17), so absolute seconds are "
+        "inflated and noisy; the load ratios are taken side by side in one process.",
+        "",
         "| model | transformers GGUF load (s) | tokeff first load (s) | tokeff warm load (s) | warm speed-up |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]

@@ -142,41 +142,45 @@ def _align(uid, unique, words, gap, table, score, best, current) -> float:
     return result
 
 
-@numba.njit(parallel=True, cache=True)
-def _alignment_jobs(uid, token_offsets, unique, unique_offsets, key_words, seeds, run_start, runs, n, gap, table, workers):
-    """(text, run) jobs: run r of text b uses `key_words` if given, else the null key r of seed b.
-
-    Jobs are dealt to a few workers that each allocate their scratch once (per-job allocation of a
-    ~200 KB score table costs more than the job on small texts).
-    """
-    texts = token_offsets.shape[0] - 1
-    jobs = texts * runs
-    out = np.empty((texts, runs))
+@numba.njit(cache=True)
+def _worker(worker, workers, uid, token_offsets, unique, unique_offsets, key_words, seeds, run_start, n, gap, table, out):
+    """Jobs worker, worker + workers, ... of the (text, run) grid; run r of text b uses `key_words` if given,
+    else null key r of seed b. Scratch is allocated once per worker, not per job (a ~200 KB score
+    table per job would cost more than the job on short texts)."""
+    texts, runs = out.shape
     max_unique, max_tokens = 1, 1
     for b in range(texts):
         max_unique = max(max_unique, unique_offsets[b + 1] - unique_offsets[b])
         max_tokens = max(max_tokens, token_offsets[b + 1] - token_offsets[b])
-    workers = max(1, min(jobs, workers))
+    score = np.empty((max_unique, n), dtype=np.float32)
+    best = np.empty(n + max_tokens + 1)
+    current = np.empty(n + max_tokens + 1)
+    words = np.empty(n, dtype=np.uint64)
+    for job in range(worker, texts * runs, workers):
+        b = job // runs
+        if key_words.shape[0] == n:
+            words[:] = key_words
+        else:  # null_keys(seeds[b], run, 1, n), computed in place
+            base = np.uint64(run_start + job % runs) * np.uint64(n)
+            for p in range(n):
+                words[p] = mix64_scalar(seeds[b] + (base + np.uint64(p + 1)) * GOLDEN)
+        out[b, job % runs] = _align(
+            uid[token_offsets[b] : token_offsets[b + 1]],
+            unique[unique_offsets[b] : unique_offsets[b + 1]],
+            words, gap, table, score, best, current,
+        )
+
+
+@numba.njit(parallel=True, cache=True)
+def _parallel(workers, uid, token_offsets, unique, unique_offsets, key_words, seeds, run_start, n, gap, table, out):
     for worker in numba.prange(workers):
-        score = np.empty((max_unique, n), dtype=np.float32)
-        best = np.empty(n + max_tokens + 1)
-        current = np.empty(n + max_tokens + 1)
-        words = np.empty(n, dtype=np.uint64)
-        for job in range(worker, jobs, workers):
-            b = job // runs
-            run = run_start + job % runs
-            if key_words.shape[0] == n:
-                words[:] = key_words
-            else:  # null_keys(seeds[b], run, 1, n), computed in place
-                base = np.uint64(run) * np.uint64(n)
-                for p in range(n):
-                    words[p] = mix64_scalar(seeds[b] + (base + np.uint64(p + 1)) * GOLDEN)
-            out[b, job % runs] = _align(
-                uid[token_offsets[b] : token_offsets[b + 1]],
-                unique[unique_offsets[b] : unique_offsets[b + 1]],
-                words, gap, table, score, best, current,
-            )
-    return out
+        _worker(worker, workers, uid, token_offsets, unique, unique_offsets, key_words, seeds, run_start, n, gap,
+                table, out)
+
+
+# Below this many DP cells a call runs on one thread: waking a thread pool costs about a millisecond on
+# an idle machine and tens of milliseconds on a busy one.
+PARALLEL_CELLS = 2_000_000
 
 
 def alignment_scores(batch: TokenBatch, words: np.ndarray, gap: float) -> np.ndarray:
@@ -194,9 +198,15 @@ def null_alignment_scores(
 
 
 def _run(batch: TokenBatch, words, seeds, run_start: int, runs: int, n: int, gap: float) -> np.ndarray:
+    out = np.zeros((len(batch), runs))
     if len(batch) == 0 or runs == 0:
-        return np.zeros((len(batch), runs))
-    return _alignment_jobs(
-        batch.uid, batch.token_offsets, batch.unique, batch.unique_offsets, words, seeds,
-        int(run_start), int(runs), int(n), float(gap), SCORE_TABLE, 4 * numba.get_num_threads(),
-    )
+        return out
+    lengths = np.diff(batch.token_offsets)
+    cells = runs * int(np.sum(lengths * (n + lengths) + np.diff(batch.unique_offsets) * n))
+    args = (batch.uid, batch.token_offsets, batch.unique, batch.unique_offsets, words, seeds,
+            int(run_start), int(n), float(gap), SCORE_TABLE, out)
+    if cells < PARALLEL_CELLS or numba.get_num_threads() == 1:
+        _worker(0, 1, *args)
+    else:
+        _parallel(min(len(batch) * runs, 4 * numba.get_num_threads()), *args)
+    return out

@@ -167,3 +167,27 @@ def _save(figure, path: Path) -> Path:
 
     plt.close(figure)
     return path
+
+
+def split_corpus(text: str) -> tuple[str, str]:
+    """A corpus cut in two at a line break near the middle: prompts from one half, human text from the other."""
+    middle = text.find("\n", len(text) // 2)
+    middle = len(text) // 2 if middle < 0 else middle
+    return text[:middle], text[middle:]
+
+
+def prompts_from_text(tokenizer, text: str, count: int, prompt_tokens: int = 32, min_chars: int = 200) -> list[str]:
+    """The first `prompt_tokens` tokens of each paragraph (line of `min_chars` or more, not a heading)."""
+    paragraphs = [line.strip() for line in text.splitlines()
+                  if len(line.strip()) >= min_chars and not line.strip().startswith("=")]
+    prompts = []
+    for paragraph in paragraphs[:count]:
+        ids = tokenizer(paragraph, add_special_tokens=False)["input_ids"][:prompt_tokens]
+        prompts.append(tokenizer.decode(ids).strip())
+    return prompts
+
+
+def human_windows(tokenizer, text: str, count: int, length: int) -> list[list[int]]:
+    """Up to `count` consecutive, non-overlapping windows of `length` tokens of human text."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return [ids[start : start + length] for start in range(0, len(ids) - length + 1, length)][:count]

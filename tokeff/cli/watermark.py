@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json as jsonlib
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -150,8 +151,8 @@ def detect(
         console.emit_json([{"source": source, "scheme": watermark.scheme, "alpha": alpha, **result.to_json()}
                            for (source, _), result in zip(records, results)])
     else:
-        for (source, _), result in zip(records, results):
-            console.stdout.print(_detection_line(source, result), markup=False)
+        for (source, _), result in zip(records, results):  # tab-separated plain lines, for grep and cut
+            sys.stdout.write(_detection_line(source, result) + "\n")
     if any(result.error for result in results):
         raise typer.Exit(1)
 

@@ -254,6 +254,7 @@ def test_evaluation_reports_power_and_false_positives(lm, generated):
     )
     rows = {(row["edit_rate"], row["length"]): row for row in result.power_vs_length}
     assert rows[(0.0, 40)]["rate"] == 1.0 and rows[(0.0, 40)]["texts"] == 4
+    assert rows[(0.0, 8)]["texts"] == 16  # 48-token texts give up to 4 windows of 8 tokens each
     assert result.min_length(0.0) in (8, 40)
     assert {row["kind"] for row in result.power_vs_edits} == set(evaluation.EDIT_KINDS)
     assert result.false_positives["model"]["hits"] == 0 and result.false_positives["model"]["texts"] == 4

@@ -58,12 +58,13 @@ def test_generate_then_detect_jsonl_and_files(capsys, monkeypatch, keys, tiny_ll
     code, stdout, _ = tokeff(capsys, monkeypatch, "watermark", "detect", "--key", keys / "exp", out, plain)
     lines = stdout.strip().splitlines()
     assert code == 0 and len(lines) == 3
-    assert lines[0].startswith(f"{out}:1\twatermarked\tp<=0.001") and lines[1].startswith(f"{out}:2\twatermarked")
+    # (the random model's tokens re-tokenize differently, so the text keeps only part of the watermark)
+    assert lines[0].startswith(f"{out}:1\twatermarked\tp") and lines[1].startswith(f"{out}:2\twatermarked\tp")
     assert lines[2].startswith(f"{plain}\tnot watermarked\tp=")
     code, stdout, _ = tokeff(capsys, monkeypatch, "watermark", "detect", "--key", keys / "exp", out, "--json", "--runs", 99)
     payload = json.loads(stdout)
     assert [r["source"] for r in payload] == [f"{out}:1", f"{out}:2"]
-    assert all(r["p_value"] == pytest.approx(0.01) and r["watermarked"] and r["scheme"] == "exp" for r in payload)
+    assert all(r["p_floor"] == pytest.approx(0.01) and r["watermarked"] and r["scheme"] == "exp" for r in payload)
     # the other key does not see this watermark
     code, stdout, _ = tokeff(capsys, monkeypatch, "watermark", "detect", "--key", keys / "kgw", out)
     assert code == 0 and stdout.count("not watermarked") == 2
@@ -135,3 +136,13 @@ def test_eval_writes_tables_json_and_plots(capsys, monkeypatch, keys, tiny_llama
     assert (out / "power_vs_length.png").stat().st_size > 1000 and (out / "power_vs_edits.png").is_file()
     code, _, err = tokeff(capsys, monkeypatch, *args[:-2], "--lengths", "8,99")
     assert code == 1 and "--lengths must be in 1..24" in err
+
+
+def test_detection_lines_show_the_p_value_floor():
+    from tokeff.cli.watermark import _detection_line
+    from tokeff.decoding.watermark.detection import Detection
+
+    at_floor = Detection(tokens=50, p_value=1 / 1000, statistic=151.2, p_floor=1 / 1000, watermarked=True)
+    assert _detection_line("a.txt", at_floor) == "a.txt\twatermarked\tp<=0.001\tstatistic=151.20\ttokens=50"
+    above = Detection(tokens=50, p_value=0.4213, statistic=60.0, p_floor=1 / 1000, watermarked=False)
+    assert _detection_line("b.txt", above) == "b.txt\tnot watermarked\tp=0.421\tstatistic=60.00\ttokens=50"

@@ -28,7 +28,7 @@ def keygen(
     output: Output,
     scheme: Annotated[str, typer.Option(help="exp (distortion-free, edit-robust) or kgw (green list).")] = "exp",
     length: Annotated[int | None, typer.Option(help="exp: key positions (default 256).")] = None,
-    gap: Annotated[float | None, typer.Option(help="exp: alignment penalty per inserted or deleted token (default 1).")] = None,
+    gap: Annotated[float | None, typer.Option(help="exp: alignment penalty per inserted or deleted token (default 2).")] = None,
     runs: Annotated[int | None, typer.Option(help="exp: Monte Carlo runs; the smallest p-value is 1/(runs+1) (default 999).")] = None,
     stop_after: Annotated[int | None, typer.Option(help="exp: stop once this many null runs reach the statistic (default 20).")] = None,
     green_fraction: Annotated[float | None, typer.Option(help="kgw: fraction of the vocabulary that is green (default 0.25).")] = None,

@@ -1,6 +1,7 @@
 """How well a key works: detection power against length and random edits, false positives on unwatermarked text.
 
-Watermarked texts are cut to each length, edited at random (substitutions, insertions and
+Watermarked texts are cut into windows of each length (up to `windows_per_text` consecutive,
+non-overlapping windows per text, so short lengths get more samples), edited at random (substitutions, insertions and
 deletions of random vocabulary tokens), decoded to text and re-tokenized, as a detector would
 meet them. False positives are counted on texts that never saw the key: the model's own samples
 and human text. Rates come with Clopper-Pearson 95% intervals, because a rate from a few hundred
@@ -88,6 +89,7 @@ def evaluate_detection(
     edit_kinds: tuple[str, ...] = EDIT_KINDS,
     alpha: float = 0.01,
     seed: int = 0,
+    windows_per_text: int = 4,
 ) -> WatermarkEval:
     """Power of the key on its `watermarked` token sequences and false positives on `unwatermarked` ones.
 
@@ -103,8 +105,9 @@ def evaluate_detection(
     if edit_length is not None:
         cells += [(kind, rate, edit_length) for kind in edit_kinds for rate in edit_rates if rate > 0]
     for kind, rate, length in console.track(cells, f"{key.scheme}: power"):
-        usable = [tokens[:length] for tokens in watermarked if len(tokens) >= length]
-        edited = [apply_edits(tokens, rate, kind, rng, replacements) for tokens in usable]
+        windows = [tokens[start : start + length] for tokens in watermarked
+                   for start in range(0, len(tokens) - length + 1, length)[:windows_per_text]]
+        edited = [apply_edits(window, rate, kind, rng, replacements) for window in windows]
         row = {"kind": kind, "edit_rate": rate, "length": length,
                **rate_with_interval(_detected(key, tokenizer, edited, alpha, as_text=True), len(edited))}
         (result.power_vs_length if kind == MIXED else result.power_vs_edits).append(row)
@@ -119,7 +122,7 @@ def evaluate_detection(
     return result
 
 
-def plot_power(evals: list[WatermarkEval], folder: Path) -> list[Path]:
+def plot_power(evals: list[WatermarkEval], folder: Path, prefix: str = "") -> list[Path]:
     """power_vs_length.png (one line per scheme and edit rate) and, if measured, power_vs_edits.png."""
     import matplotlib
 
@@ -136,7 +139,7 @@ def plot_power(evals: list[WatermarkEval], folder: Path) -> list[Path]:
                       linestyle=styles[index % len(styles)], label=f"{evaluation.scheme}, {rate:.0%} edits")
     _finish(axes, "tokens", f"detected at p <= {evals[0].alpha:g}", "Detection power vs length (random edits)")
     axes.set_xscale("log")
-    written.append(_save(figure, folder / "power_vs_length.png"))
+    written.append(_save(figure, folder / f"{prefix}power_vs_length.png"))
     if any(evaluation.power_vs_edits for evaluation in evals):
         figure, axes = plt.subplots(figsize=(7, 4.5))
         for index, evaluation in enumerate(evals):
@@ -146,7 +149,7 @@ def plot_power(evals: list[WatermarkEval], folder: Path) -> list[Path]:
                           linestyle=styles[index % len(styles)], label=f"{evaluation.scheme}, {kind}")
         length = evals[0].power_vs_edits[0]["length"] if evals[0].power_vs_edits else "?"
         _finish(axes, "edit rate", f"detected at p <= {evals[0].alpha:g}", f"Detection power vs edit rate ({length} tokens)")
-        written.append(_save(figure, folder / "power_vs_edits.png"))
+        written.append(_save(figure, folder / f"{prefix}power_vs_edits.png"))
     return written
 
 

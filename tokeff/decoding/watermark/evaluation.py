@@ -70,11 +70,10 @@ class WatermarkEval:
         return {**asdict(self), "min_length_90": {str(rate): self.min_length(rate) for rate in rates}}
 
 
-def _detected(key: WatermarkKey, tokenizer, token_lists: list[list[int]], alpha: float, as_text: bool) -> int:
-    """How many sequences test positive; `as_text` decodes and re-tokenizes them first (what detect sees)."""
-    if as_text:
-        texts = tokenizer.batch_decode(token_lists, skip_special_tokens=True)
-        token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
+def _detected(key: WatermarkKey, tokenizer, token_lists: list[list[int]], alpha: float) -> int:
+    """How many token sequences test positive once decoded to text and re-tokenized (what detect sees)."""
+    texts = tokenizer.batch_decode(token_lists, skip_special_tokens=True)
+    token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return sum(bool(result.watermarked) for result in detect_tokens(key, token_lists, alpha))
 
 
@@ -109,10 +108,10 @@ def evaluate_detection(
                    for start in range(0, len(tokens) - length + 1, length)[:windows_per_text]]
         edited = [apply_edits(window, rate, kind, rng, replacements) for window in windows]
         row = {"kind": kind, "edit_rate": rate, "length": length,
-               **rate_with_interval(_detected(key, tokenizer, edited, alpha, as_text=True), len(edited))}
+               **rate_with_interval(_detected(key, tokenizer, edited, alpha), len(edited))}
         (result.power_vs_length if kind == MIXED else result.power_vs_edits).append(row)
     for source, token_lists in unwatermarked.items():
-        hits = _detected(key, tokenizer, token_lists, alpha, as_text=source != "human")
+        hits = _detected(key, tokenizer, token_lists, alpha)
         result.false_positives[source] = rate_with_interval(hits, len(token_lists))
     if len(unwatermarked) > 1:
         total = sum(entry["texts"] for entry in result.false_positives.values())

@@ -18,8 +18,10 @@ PROMPTS = ["The history of the city begins in the", "In mathematics, a prime num
 def test_watermark_round_trip_on_a_builtin(builtin_model, name, scheme):
     lm = builtin_model(name)
     key = make_key(scheme, lm.tokenizer, name, seed=11)
-    config = DecodeConfig(max_new_tokens=64, temperature=1.0, seed=5, stop_at_eos=False)
-    marked = generate_texts(lm, PROMPTS, key, config, batch_size=2)
+    # gemma's 262k-token vocabulary makes each step dear: one text there, two on smollm2
+    prompts = PROMPTS[:1] if name == "gemma3-270m" else PROMPTS
+    config = DecodeConfig(max_new_tokens=48, temperature=1.0, seed=5, stop_at_eos=False)
+    marked = generate_texts(lm, prompts, key, config, batch_size=2)
     results = detect_texts(key, lm.tokenizer, [item.text for item in marked])
     assert all(result.watermarked and result.p_value <= 0.01 for result in results), [r.p_value for r in results]
     human = read_text(WIKITEXT, max_bytes=6000)

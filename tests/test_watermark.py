@@ -18,6 +18,7 @@ from tokeff.decoding.watermark import evaluation, exp, kgw
 from tokeff.decoding.watermark.detection import detect_texts, detect_tokens
 from tokeff.decoding.watermark.generation import ExpChooser, chooser_factory, generate_texts
 from tokeff.decoding.watermark.keys import check_vocabulary, load_key, make_key, save_key
+from tokeff.kernels.exp_sampling import exp_choice
 from tokeff.kernels.keyed_uniform import keyed_uniforms
 
 
@@ -112,8 +113,8 @@ def test_exp_sampling_leaves_the_model_distribution_unchanged(lm):
 
     def exp_pair(index, prompt, first, second):
         words = keys[index]
-        a = int(exp.exp_choice(first[None], words[[0]])[0])
-        return a, int(exp.exp_choice(second[a][None], words[[1]])[0])
+        a = int(exp_choice(first[None], words[[0]])[0])
+        return a, int(exp_choice(second[a][None], words[[1]])[0])
 
     observed, expected = _joint_counts(lm, exp_pair, 3000)
     assert chisquare(observed, expected).pvalue > 1e-3
@@ -150,7 +151,7 @@ def test_chooser_and_batched_generation_pick_the_exp_token(lm):
             with torch.no_grad():
                 probs = warp.distribution(lm.model(torch.tensor([ids])).logits[0, -1]).numpy()
             position = (item.offset + step) % 32
-            assert token == exp.exp_choice(probs[None], key.words[[position]])[0]
+            assert token == exp_choice(probs[None], key.words[[position]])[0]
             ids.append(token)
 
 
@@ -278,7 +279,7 @@ def test_keyed_uniforms_drive_exp_choice():
     words = np.array([123, 456], dtype=np.uint64)
     probs = np.full((2, 10), 0.1)
     expected = keyed_uniforms(words[:, None], np.arange(10)[None, :]).argmax(axis=1)
-    assert exp.exp_choice(probs, words).tolist() == expected.tolist()
+    assert exp_choice(probs, words).tolist() == expected.tolist()
     probs = np.zeros((2, 10))
     probs[:, 3] = 1.0
-    assert exp.exp_choice(probs, words).tolist() == [3, 3]
+    assert exp_choice(probs, words).tolist() == [3, 3]

@@ -2,7 +2,8 @@
 
 Generation: step i of a text uses key position (offset + i) mod n, whose uniforms u_v over the
 vocabulary pick the token argmax_v u_v^(1/p_v). Over a random key this is an exact sample from p
-(the exponential race -log(u_v) / p_v), so the watermark leaves the text distribution unchanged.
+(the exponential race -log(u_v) / p_v), so the watermark leaves the text distribution unchanged
+(`tokeff/kernels/exp_sampling.py`).
 The offset is drawn per text, so one key yields n different continuations of the same prompt.
 
 Detection: the alignment statistic (`tokeff/kernels/exp_alignment.py`) against the key, turned
@@ -21,25 +22,12 @@ import numpy as np
 
 from tokeff.decoding.watermark.keys import WatermarkKey
 from tokeff.kernels.exp_alignment import TokenBatch, alignment_scores, null_alignment_scores
-from tokeff.kernels.keyed_uniform import keyed_uniforms
 
 FIRST_CHUNK = 32  # null runs per text in the first round; each later round doubles
 
 
 def key_positions(key: WatermarkKey, offset: int, step: int | np.ndarray) -> np.ndarray:
     return (offset + np.asarray(step)) % key["key_length"]
-
-
-def exp_choice(probs: np.ndarray, words: np.ndarray) -> np.ndarray:
-    """The token of each row: argmax_v u(word, v)^(1 / p_v), computed as argmax log(u) / p (p > 0 only)."""
-    probs = np.asarray(probs, dtype=np.float64)
-    vocab = np.arange(probs.shape[-1])
-    tokens = np.empty(len(probs), dtype=np.int64)
-    for row, (p, word) in enumerate(zip(probs, np.asarray(words, dtype=np.uint64))):  # one row: bounded memory
-        with np.errstate(divide="ignore"):
-            ranks = np.where(p > 0, np.log(keyed_uniforms(word, vocab)) / np.where(p > 0, p, 1.0), -np.inf)
-        tokens[row] = int(ranks.argmax())
-    return tokens
 
 
 @dataclass

@@ -21,9 +21,10 @@ from tokeff.core.errors import TokeffError
 from tokeff.core.models import LoadedModel
 from tokeff.decoding.sampling import TokenChooser
 from tokeff.decoding.types import DecodeConfig, Prompt
-from tokeff.decoding.watermark.exp import exp_choice, key_positions
+from tokeff.decoding.watermark.exp import key_positions
 from tokeff.decoding.watermark.keys import WatermarkKey
 from tokeff.decoding.watermark.kgw import green_mask
+from tokeff.kernels.exp_sampling import exp_choice
 
 
 def check_sampling(key: WatermarkKey, config: DecodeConfig) -> None:

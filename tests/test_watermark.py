@@ -22,13 +22,7 @@ from tokeff.kernels.exp_sampling import exp_choice
 from tokeff.kernels.keyed_uniform import keyed_uniforms
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models spend their time in thread hand-offs; one thread is many times faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from tokeff.decoding.watermark.detection import detect_texts
 from tokeff.decoding.watermark.generation import generate_texts
 from tokeff.decoding.watermark.keys import make_key
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 WIKITEXT = "../shared/data/wikitext2-valid.txt"
 PROMPTS = ["The history of the city begins in the", "In mathematics, a prime number is"]
@@ -18,9 +18,11 @@ PROMPTS = ["The history of the city begins in the", "In mathematics, a prime num
 def test_watermark_round_trip_on_a_builtin(builtin_model, name, scheme):
     lm = builtin_model(name)
     key = make_key(scheme, lm.tokenizer, name, seed=11)
-    # gemma's 262k-token vocabulary makes each step dear: one text there, two on smollm2
+    # gemma's 262k-token vocabulary makes each step dear: one text there, two on smollm2. kgw needs
+    # more tokens than exp on low-entropy text (one 48-token smollm2 text came out at p = 0.09).
     prompts = PROMPTS[:1] if name == "gemma3-270m" else PROMPTS
-    config = DecodeConfig(max_new_tokens=48, temperature=1.0, seed=5, stop_at_eos=False)
+    tokens = 96 if scheme == "kgw" else 48
+    config = DecodeConfig(max_new_tokens=tokens, temperature=1.0, seed=5, stop_at_eos=False)
     marked = generate_texts(lm, prompts, key, config, batch_size=2)
     results = detect_texts(key, lm.tokenizer, [item.text for item in marked])
     assert all(result.watermarked and result.p_value <= 0.01 for result in results), [r.p_value for r in results]

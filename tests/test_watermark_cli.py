@@ -4,17 +4,11 @@ import json
 import sys
 
 import pytest
-import torch
 
 from tokeff.cli.app import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tokeff(capsys, monkeypatch, *args):

@@ -248,7 +248,7 @@ def render(results: dict, evals: dict) -> str:
         f"Model `{results['model']}`, sampling at temperature 1, {s['max_new_tokens']}-token continuations of "
         f"wikitext-2 paragraph openings (32 tokens, first half of `wikitext2-valid.txt`). Measured "
         f"{time.strftime('%Y-%m-%d')} on a shared 2-core CPU machine; the whole run took "
-        f"{results['total_seconds'] / 60:.0f} minutes.",
+        f"{results['total_seconds'] / 60:.0f} minutes, waiting for the shared benchmark lock included.",
         "",
         "Reproduce (the detection-speed part takes `/tmp/tokeff-bench.lock` itself):",
         "",
@@ -263,7 +263,7 @@ def render(results: dict, evals: dict) -> str:
         f"{s['texts']} watermarked texts per scheme and {s['null_texts']} plain samples of {s['max_new_tokens']} "
         f"tokens, {s['human_texts']} human windows. Generation ran at "
         f"{sum(results['generated_tokens'].values()) / sum(results['generation_seconds'].values()):.0f} "
-        f"tokens/s ({s['threads']} torch threads, batches of {s['batch_size']}) on a machine shared with other "
+        f"tokens/s ({s['threads']} torch thread(s), batches of {s['batch_size']}) on a machine shared with other "
         "jobs, which is what bounds the number of generated texts; the 95% intervals below say how much that "
         f"leaves uncertain. Each power cell uses up to {s['windows_per_text']} consecutive non-overlapping windows "
         "of each watermarked text (so short lengths get more samples than long ones), then applies random edits, "

@@ -21,7 +21,7 @@ def exp_choice_numpy(probs: np.ndarray, words: np.ndarray) -> np.ndarray:
     vocab = np.arange(probs.shape[-1])
     tokens = np.empty(len(probs), dtype=np.int64)
     for row, (p, word) in enumerate(zip(probs, np.asarray(words, dtype=np.uint64))):  # one row: bounded memory
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", over="ignore"):  # log(u) / tiny p -> -inf: never chosen
             ranks = np.where(p > 0, np.log(keyed_uniforms(word, vocab)) / np.where(p > 0, p, 1.0), -np.inf)
         tokens[row] = int(ranks.argmax())
     return tokens

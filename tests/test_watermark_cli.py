@@ -26,11 +26,11 @@ def tokeff(capsys, monkeypatch, *args):
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory, tiny_llama_dir):
-    folder = tmp_path_factory.mktemp("keys")
+    folder = tmp_path_factory.mktemp("keys")  # seeded keys: a random one made the kgw decode test flaky
     with pytest.MonkeyPatch.context() as patch:
         for scheme in ("exp", "kgw"):
             patch.setattr(sys, "argv", ["tokeff", "watermark", "keygen", "--scheme", scheme, "-m", str(tiny_llama_dir),
-                                        "-o", str(folder / scheme), "--min-tokens", "6"])
+                                        "-o", str(folder / scheme), "--min-tokens", "6", "--seed", "3"])
             with pytest.raises(SystemExit) as exit_info:
                 main()
             assert exit_info.value.code in (0, None)

@@ -31,7 +31,7 @@ SCHEMES: dict[str, dict[str, tuple[Any, Any, str]]] = {
         # number of key positions: a text of up to this many tokens never reuses one
         "key_length": (256, lambda v: _POSITIVE_INT[0](v) and v <= 1 << 20, "an integer in 1..1048576"),
         # alignment penalty per inserted or deleted token (a null match scores 1 on average); 2 came out
-        # best of 0.5-3 on smollm2-135m text with 0-40% edits (docs/watermark.md)
+        # best of 0.5-3 in a sweep on smollm2-135m text with 0-40% edits (the sweep is not in docs/)
         "gap": (2.0, lambda v: isinstance(v, (int, float)) and 0 <= v <= 100, "a number in 0..100"),
         # Monte Carlo runs against random keys: the smallest p-value is 1 / (runs + 1)
         "runs": (999, _POSITIVE_INT[0], _POSITIVE_INT[1]),

@@ -26,6 +26,7 @@ def decode(
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the tokenizer's chat template.")] = False,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past end-of-sequence.")] = False,
     list_methods: Annotated[bool, typer.Option("--list-methods", help="List decode methods and exit.")] = False,
+    watermark: Annotated[Path | None, typer.Option(help="Watermark the text with this key (`tokeff watermark keygen`).")] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
     trust_remote_code: TrustRemoteCode = False,
@@ -57,7 +58,17 @@ def decode(
         seed=seed,
         stop_at_eos=not ignore_eos,
     )
+    key = None
+    if watermark is not None:
+        from tokeff.decoding.watermark.generation import check_sampling, chooser_factory
+        from tokeff.decoding.watermark.keys import check_vocabulary, load_key
+
+        key = load_key(watermark)
+        check_sampling(key, config)
     lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    if key is not None:
+        check_vocabulary(key, lm.tokenizer, model)
+        config.chooser_factory = chooser_factory(key)
     decoder = method_cls(lm, config)
     stream = None if json else _write_stdout
     result = decoder.generate(Prompt.from_text(lm, text, chat=chat), on_text=stream)

@@ -33,3 +33,25 @@ def trim_partial_char(data: bytes) -> bytes:
             length = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
             return data if length <= back else data[:-back]
     return data
+
+
+def write_text_atomic(path: Path | str, text: str, force: bool = False) -> Path:
+    """Write a result file (JSONL, CSV) via a temporary sibling and a rename: never half-written."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and not force:
+        raise TokeffError(f"{path} already exists (use --force to replace it)")
+    if path.is_dir():
+        raise TokeffError(f"{path} is a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,284 @@
+"""`tokeff watermark keygen|generate|detect|eval`: watermark keys, watermarked text, detection, evaluation."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from tokeff.cli.options import Device, Dtype, Force, Json, Output, TrustRemoteCode
+from tokeff.core import console
+from tokeff.core.errors import TokeffError
+
+app = typer.Typer(help="Watermark generated text and detect it (schemes: exp, kgw).", no_args_is_help=True)
+
+KeyPath = Annotated[Path, typer.Option("--key", "-k", help="A watermark key written by `tokeff watermark keygen`.")]
+Model = Annotated[str, typer.Option("--model", "-m", help="Built-in name, .gguf file, folder or hub id.")]
+Alpha = Annotated[float, typer.Option(help="Significance level of the verdict.")]
+Seed = Annotated[int | None, typer.Option(help="Random seed (sampling and each text's key offset).")]
+
+
+@app.command()
+def keygen(
+    model: Model,
+    output: Output,
+    scheme: Annotated[str, typer.Option(help="exp (distortion-free, edit-robust) or kgw (green list).")] = "exp",
+    length: Annotated[int | None, typer.Option(help="exp: key positions (default 256).")] = None,
+    gap: Annotated[float | None, typer.Option(help="exp: alignment penalty per inserted or deleted token (default 2).")] = None,
+    runs: Annotated[int | None, typer.Option(help="exp: Monte Carlo runs; the smallest p-value is 1/(runs+1) (default 999).")] = None,
+    stop_after: Annotated[int | None, typer.Option(help="exp: stop once this many null runs reach the statistic (default 20).")] = None,
+    green_fraction: Annotated[float | None, typer.Option(help="kgw: fraction of the vocabulary that is green (default 0.25).")] = None,
+    bias: Annotated[float | None, typer.Option(help="kgw: logit bias of green tokens (default 2.0).")] = None,
+    context_width: Annotated[int | None, typer.Option(help="kgw: previous tokens that seed the green list (default 1).")] = None,
+    min_tokens: Annotated[int | None, typer.Option(help="Shortest text detection will test (default 8).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Derive the secret from this seed (reproducible, so not secret).")] = None,
+    trust_remote_code: TrustRemoteCode = False,
+    force: Force = False,
+    json: Json = False,
+) -> None:
+    """Write a new secret key (artifact) for a model's tokenizer; every scheme parameter is stored in it."""
+    from tokeff.core.models import load_tokenizer
+    from tokeff.decoding.watermark.keys import make_key, save_key, scheme_parameters
+
+    overrides = dict(key_length=length, gap=gap, runs=runs, stop_after=stop_after, green_fraction=green_fraction,
+                     bias=bias, context_width=context_width, min_tokens=min_tokens)
+    scheme_parameters(scheme, overrides)  # bad flags fail before the tokenizer loads
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    key = make_key(scheme, tokenizer, model, seed=seed, **overrides)
+    save_key(key, output, force=force)
+    if seed is not None:
+        console.warn("a key derived from --seed is only as secret as the seed")
+    summary = {"key": str(output), "model": model, **key.manifest_parameters()}
+    if json:
+        console.emit_json(summary)
+    else:
+        console.stdout.print(f"{output}\t{scheme}\t" + " ".join(f"{k}={v}" for k, v in key.params.items()))
+
+
+@app.command()
+def generate(
+    key: KeyPath,
+    model: Model,
+    prompt_file: Annotated[Path, typer.Option(help="Prompts: one per line, or a .jsonl file with a 'prompt' field.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output .jsonl (prompt, text, tokens, token_ids, offset).")],
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per continuation.")] = 200,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (kgw also allows 0, greedy).")] = 1.0,
+    top_k: Annotated[int | None, typer.Option(help="Sample from the k most likely tokens.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
+    seed: Seed = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 16,
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap each prompt in the tokenizer's chat template.")] = False,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Always generate --max-new-tokens tokens.")] = False,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    trust_remote_code: TrustRemoteCode = False,
+    force: Force = False,
+    json: Json = False,
+) -> None:
+    """Watermarked continuations of many prompts, generated in batches, written as JSONL."""
+    from tokeff.core.models import load_model
+    from tokeff.core.textio import write_text_atomic
+    from tokeff.decoding.types import DecodeConfig
+    from tokeff.decoding.watermark.generation import generate_texts
+    from tokeff.decoding.watermark.keys import check_vocabulary, load_key
+    from tokeff.decoding.watermark.records import read_records
+
+    if max_new_tokens < 1 or batch_size < 1:
+        raise TokeffError("--max-new-tokens and --batch-size must be >= 1")
+    if output.exists() and not force:
+        raise TokeffError(f"{output} already exists (use --force to replace it)")
+    watermark = load_key(key)
+    prompts = [text for _, text in read_records(prompt_file, "prompt", lines=True)]
+    if not prompts:
+        raise TokeffError(f"{prompt_file}: no prompts")
+    config = DecodeConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                          seed=seed, stop_at_eos=not ignore_eos)
+    lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    check_vocabulary(watermark, lm.tokenizer, model)
+    with console.progress() as bar:
+        task = bar.add_task("generating", total=len(prompts))
+        results = generate_texts(lm, prompts, watermark, config, batch_size=batch_size, chat=chat,
+                                 on_batch=lambda done: bar.advance(task, done))
+    lines = "".join(jsonlib.dumps(result.to_json(), ensure_ascii=False) + "\n" for result in results)
+    write_text_atomic(output, lines, force=force)
+    tokens = sum(len(result.token_ids) for result in results)
+    if json:
+        console.emit_json({"output": str(output), "texts": len(results), "tokens": tokens, "scheme": watermark.scheme})
+    else:
+        console.stdout.print(f"{output}\t{len(results)} texts\t{tokens} tokens")
+
+
+@app.command()
+def detect(
+    key: KeyPath,
+    files: Annotated[list[Path], typer.Argument(help="Text files (one text each), .jsonl files (a 'text' per line) or -.")],
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer (model spec); default: the key's model.")] = None,
+    alpha: Alpha = 0.01,
+    runs: Annotated[int | None, typer.Option(help="exp: override the key's Monte Carlo runs (precision of small p).")] = None,
+    trust_remote_code: TrustRemoteCode = False,
+    json: Json = False,
+) -> None:
+    """One line per text: verdict, p-value, statistic, tokens. Needs the key and tokenizer, never the model.
+
+    Exit 1 if any text could not be tested (empty or shorter than the key's min_tokens).
+    """
+    from dataclasses import replace
+
+    from tokeff.core.models import load_tokenizer
+    from tokeff.decoding.watermark.detection import detect_texts
+    from tokeff.decoding.watermark.keys import check_vocabulary, load_key
+    from tokeff.decoding.watermark.records import read_records
+
+    if not 0 < alpha < 1:
+        raise TokeffError(f"--alpha must be in (0, 1), got {alpha}")
+    watermark = load_key(key)
+    if runs is not None:
+        if watermark.scheme != "exp" or runs < 1:
+            raise TokeffError("--runs applies to exp keys and must be >= 1")
+        watermark = replace(watermark, params={**watermark.params, "runs": runs})
+    records = [record for path in files for record in read_records(path, "text", lines=False)]
+    spec = tokenizer or watermark.model
+    if not spec:
+        raise TokeffError(f"{key}: the key names no model; pass --tokenizer")
+    loaded = load_tokenizer(spec, trust_remote_code=trust_remote_code)
+    check_vocabulary(watermark, loaded, spec)
+    results = detect_texts(watermark, loaded, [text for _, text in records], alpha=alpha)
+    if json:
+        console.emit_json([{"source": source, "scheme": watermark.scheme, "alpha": alpha, **result.to_json()}
+                           for (source, _), result in zip(records, results)])
+    else:
+        for (source, _), result in zip(records, results):  # tab-separated plain lines, for grep and cut
+            sys.stdout.write(_detection_line(source, result) + "\n")
+    if any(result.error for result in results):
+        raise typer.Exit(1)
+
+
+def _detection_line(source: str, result) -> str:
+    if result.error:
+        return f"{source}\tno verdict\t{result.error}"
+    verdict = "watermarked" if result.watermarked else "not watermarked"
+    at_floor = result.p_floor is not None and result.p_value <= result.p_floor * (1 + 1e-9)
+    p_value = f"p<={result.p_floor:.2g}" if at_floor else f"p={result.p_value:.3g}"
+    return f"{source}\t{verdict}\t{p_value}\tstatistic={result.statistic:.2f}\ttokens={result.tokens}"
+
+
+@app.command("eval")
+def evaluate(
+    key: KeyPath,
+    model: Model,
+    human: Annotated[Path | None, typer.Option(help="Human text: false positives on its windows; prompts from its other half.")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="Prompts file (one per line or .jsonl), instead of --human's first half.")] = None,
+    texts: Annotated[int, typer.Option(help="Watermarked texts generated.")] = 64,
+    null_texts: Annotated[int, typer.Option(help="Unwatermarked model texts generated (false positives).")] = 64,
+    human_texts: Annotated[int, typer.Option(help="Human windows tested (false positives).")] = 500,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per generated text (the longest length tested).")] = 200,
+    lengths: Annotated[str, typer.Option(help="Comma-separated text lengths in tokens.")] = "8,12,16,24,32,48,64,96,128,200",
+    edit_rates: Annotated[str, typer.Option(help="Comma-separated edit rates (fraction of tokens edited).")] = "0,0.2,0.4",
+    edit_length: Annotated[int, typer.Option(help="Length for power vs edit rate per edit kind (0: skip).")] = 100,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    alpha: Alpha = 0.01,
+    seed: Seed = 0,
+    batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 16,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Artifact folder for eval.json and the plots.")] = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    trust_remote_code: TrustRemoteCode = False,
+    force: Force = False,
+    json: Json = False,
+) -> None:
+    """Detection power vs length and vs random edits, false-positive rate on model and human text."""
+    from tokeff.core.artifacts import ArtifactWriter, check_output_path
+    from tokeff.core.models import load_model
+    from tokeff.core.textio import read_text
+    from tokeff.decoding.types import DecodeConfig
+    from tokeff.decoding.watermark import evaluation
+    from tokeff.decoding.watermark.generation import generate_texts
+    from tokeff.decoding.watermark.keys import check_vocabulary, load_key
+    from tokeff.decoding.watermark.records import read_records
+
+    length_list, rate_list = _numbers(lengths, int, "--lengths"), _numbers(edit_rates, float, "--edit-rates")
+    if any(value < 1 or value > max_new_tokens for value in length_list):
+        raise TokeffError(f"--lengths must be in 1..{max_new_tokens} (--max-new-tokens)")
+    if any(not 0 <= value <= 1 for value in rate_list):
+        raise TokeffError("--edit-rates must be in 0..1")
+    if human is None and prompts is None:
+        raise TokeffError("give --human FILE (prompts come from its first half) and/or --prompts FILE")
+    if output is not None:
+        check_output_path(output, force)
+    watermark = load_key(key)
+    human_text = read_text(human) if human is not None else None
+    prompt_half, human_half = evaluation.split_corpus(human_text) if human_text else ("", "")
+    lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    check_vocabulary(watermark, lm.tokenizer, model)
+    if prompts is not None:
+        prompt_list = [text for _, text in read_records(prompts, "prompt", lines=True)]
+    else:
+        prompt_list = evaluation.prompts_from_text(lm.tokenizer, prompt_half, texts + null_texts)
+    if len(prompt_list) < texts + null_texts:
+        raise TokeffError(f"need {texts + null_texts} prompts (--texts + --null-texts), found {len(prompt_list)}")
+    config = DecodeConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, stop_at_eos=False)
+    with console.progress() as bar:
+        task = bar.add_task("generating", total=texts + null_texts)
+        advance = lambda done: bar.advance(task, done)  # noqa: E731
+        marked = generate_texts(lm, prompt_list[:texts], watermark, config, batch_size, on_batch=advance)
+        plain = generate_texts(lm, prompt_list[texts : texts + null_texts], None, config, batch_size, on_batch=advance)
+    unwatermarked = {"model": [result.token_ids for result in plain]}
+    if human_half:
+        unwatermarked["human"] = evaluation.human_windows(lm.tokenizer, human_half, human_texts, max_new_tokens)
+    result = evaluation.evaluate_detection(
+        watermark, lm.tokenizer, [item.token_ids for item in marked], unwatermarked, length_list, rate_list,
+        edit_length=edit_length or None, alpha=alpha, seed=seed,
+    )
+    if output is not None:
+        with ArtifactWriter(output, "watermark-eval", force=force, parameters={"key": str(key), "model": model}) as writer:
+            writer.add_input("key", str(key), None)
+            writer.metrics.update({"false_positive_rate": result.false_positives, "min_length_90": result.to_json()["min_length_90"]})
+            (writer.path / "eval.json").write_text(jsonlib.dumps(result.to_json(), indent=2) + "\n")
+            evaluation.plot_power([result], writer.path)
+    if json:
+        console.emit_json(result.to_json())
+        return
+    _print_eval(result)
+
+
+def _print_eval(result) -> None:
+    table = Table("edit rate", *[str(length) for length in sorted({row["length"] for row in result.power_vs_length})],
+                  "90% at", title=f"{result.scheme}: detected at p <= {result.alpha:g} (watermarked texts)")
+    for rate in sorted({row["edit_rate"] for row in result.power_vs_length}):
+        rows = sorted((row for row in result.power_vs_length if row["edit_rate"] == rate), key=lambda row: row["length"])
+        shortest = result.min_length(rate)
+        table.add_row(f"{rate:.0%}", *[_rate(row) for row in rows], f"{shortest} tokens" if shortest else "never")
+    console.stdout.print(table)
+    if result.power_vs_edits:
+        kinds = sorted({row["kind"] for row in result.power_vs_edits})
+        rates = sorted({row["edit_rate"] for row in result.power_vs_edits})
+        table = Table("edit kind", *[f"{rate:.0%}" for rate in rates],
+                      title=f"{result.scheme}: power vs edit rate at {result.power_vs_edits[0]['length']} tokens")
+        for kind in kinds:
+            cells = {row["edit_rate"]: row for row in result.power_vs_edits if row["kind"] == kind}
+            table.add_row(kind, *[_rate(cells[rate]) if rate in cells else "" for rate in rates])
+        console.stdout.print(table)
+    table = Table("unwatermarked", "texts", "false positives", "rate", "95% interval",
+                  title=f"{result.scheme}: false positives at alpha {result.alpha:g}")
+    for source, entry in result.false_positives.items():
+        interval = f"{entry['ci95'][0]:.2%} - {entry['ci95'][1]:.2%}" if entry["ci95"] else ""
+        table.add_row(source, str(entry["texts"]), str(entry["hits"]), _rate(entry), interval)
+    console.stdout.print(table)
+
+
+def _rate(entry: dict) -> str:
+    return "" if entry["rate"] is None else f"{entry['rate']:.1%}"
+
+
+def _numbers(text: str, kind, flag: str) -> list:
+    try:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise TokeffError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise TokeffError(f"{flag}: no values")
+    return values

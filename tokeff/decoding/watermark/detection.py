@@ -1,0 +1,60 @@
+"""Detection: text -> the key's tokenizer -> the scheme's test -> p-value and verdict. Never the model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tokeff.decoding.watermark import exp, kgw
+from tokeff.decoding.watermark.keys import WatermarkKey
+
+
+@dataclass
+class Detection:
+    tokens: int  # tokens of the text under the key's tokenizer
+    p_value: float | None = None  # None when the text could not be tested (see `error`)
+    statistic: float | None = None
+    p_floor: float | None = None  # the smallest p-value the test can report for this text
+    watermarked: bool | None = None  # p_value <= alpha
+    details: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def detect_tokens(key: WatermarkKey, texts: list[list[int] | np.ndarray], alpha: float = 0.01) -> list[Detection]:
+    """Test token sequences (already in the key's vocabulary); too-short ones get an error, no p-value."""
+    minimum = key["min_tokens"]
+    results = [Detection(tokens=len(tokens)) for tokens in texts]
+    testable = [index for index, tokens in enumerate(texts) if len(tokens) >= minimum]
+    for index, result in enumerate(results):
+        if index not in testable:
+            result.error = "empty text" if result.tokens == 0 else (
+                f"too short: {result.tokens} tokens, the key needs at least {minimum}")
+    arrays = [np.asarray(texts[index], dtype=np.int64) for index in testable]
+    if key.scheme == "exp":
+        floor = 1.0 / (key["runs"] + 1)
+        for index, score in zip(testable, exp.score_texts(key, arrays)):
+            _fill(results[index], score.statistic, score.p_value, floor, alpha, {"null_runs": score.runs})
+    else:
+        for index, tokens in zip(testable, arrays):
+            score = kgw.score_tokens(key, tokens)
+            details = {"scored_pairs": score.scored, "green": score.green}
+            _fill(results[index], score.statistic, score.p_value, key["green_fraction"] ** score.scored, alpha, details)
+    return results
+
+
+def detect_texts(key: WatermarkKey, tokenizer, texts: list[str], alpha: float = 0.01) -> list[Detection]:
+    """Re-tokenize each text with the key's tokenizer (no special tokens) and test it."""
+    return detect_tokens(key, [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts], alpha)
+
+
+def _fill(result: Detection, statistic: float, p_value: float, floor: float, alpha: float, details: dict) -> None:
+    result.statistic = statistic
+    result.p_value = p_value
+    result.p_floor = floor
+    result.watermarked = p_value <= alpha
+    result.details = details

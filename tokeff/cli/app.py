@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tokeff.cli import artifacts, decode, evaluate, models, watermark
+from tokeff.cli import artifacts, decode, evaluate, models, transplant, watermark
 from tokeff.core.errors import TokeffError
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app.add_typer(watermark.app, name="watermark")
 app.command("inspect")(artifacts.inspect)
 app.command("verify")(artifacts.verify)
 app.command("decode")(decode.decode)
+app.command("transplant")(transplant.transplant)
 
 
 def _quiet_libraries() -> None:

@@ -1,0 +1,210 @@
+"""tokeff transplant on the tiny models; one slow test on the real built-in pair."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tokeff.core.errors import TokeffError
+from tokeff.kernels.omp import omp, omp_gram
+from tokeff.surgery.transplant.pipeline import TransplantOptions, transplant
+from tokeff.surgery.transplant.vocab import match_vocabularies
+from tokeff.tokenizers_tools.canonical import vocab_bytes
+
+
+def _brute_force_omp(target: torch.Tensor, dictionary: torch.Tensor, k: int) -> tuple[list[int], torch.Tensor]:
+    """Textbook OMP: pick the atom most correlated (unit atoms) with the residual, refit by lstsq."""
+    unit = dictionary / dictionary.norm(dim=1, keepdim=True)
+    picked: list[int] = []
+    residual = target.double()
+    for _ in range(k):
+        scores = (unit.double() @ residual).abs()
+        scores[picked] = -1
+        picked.append(int(scores.argmax()))
+        atoms = dictionary[picked].double().T
+        coefficients = torch.linalg.lstsq(atoms, target.double().unsqueeze(1)).solution.squeeze(1)
+        residual = target.double() - atoms @ coefficients
+    return picked, coefficients
+
+
+def test_omp_matches_brute_force():
+    torch.manual_seed(0)
+    dictionary, targets = torch.randn(120, 24), torch.randn(10, 24)
+    for method in (omp, omp_gram):
+        picked, coefficients = method(targets, dictionary, 6)
+        for row in range(len(targets)):
+            expected_ids, expected = _brute_force_omp(targets[row], dictionary, 6)
+            assert picked[row].tolist() == expected_ids
+            torch.testing.assert_close(coefficients[row].double(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_omp_recovers_sparse_code():
+    torch.manual_seed(1)
+    dictionary = torch.randn(200, 64)
+    target = 2.0 * dictionary[3] - 0.5 * dictionary[77] + 1.5 * dictionary[150]
+    picked, coefficients = omp_gram(target.unsqueeze(0), dictionary, 3)
+    code = dict(zip(picked[0].tolist(), coefficients[0].tolist()))
+    assert code.keys() == {3, 77, 150}
+    assert code[3] == pytest.approx(2.0, abs=1e-3) and code[77] == pytest.approx(-0.5, abs=1e-3)
+
+
+def test_byte_level_and_sentencepiece_share_by_canonical_bytes(byte_level_tokenizer, sentencepiece_tokenizer):
+    match = match_vocabularies(byte_level_tokenizer, sentencepiece_tokenizer)
+    raw_shared = set(byte_level_tokenizer.get_vocab()) & set(sentencepiece_tokenizer.get_vocab())
+    assert len(match.shared_ids) > 2 * len(raw_shared)  # raw strings miss "Ġthe" == "▁the"
+    base_bytes, donor_bytes = vocab_bytes(byte_level_tokenizer), vocab_bytes(sentencepiece_tokenizer)
+    for donor_id in match.shared_ids:
+        assert donor_bytes.token_bytes[donor_id] == base_bytes.token_bytes[match.base_row[donor_id]]
+    the = sentencepiece_tokenizer.convert_tokens_to_ids("▁the")
+    assert byte_level_tokenizer.convert_ids_to_tokens(int(match.base_row[the])) == "Ġthe"
+    byte_a = sentencepiece_tokenizer.convert_tokens_to_ids("<0x0A>")  # byte fallback newline
+    assert base_bytes.token_bytes[match.base_row[byte_a]] == b"\n"
+    counts = match.counts()
+    assert counts["shared"] + counts["new"] + counts["unreachable"] + sum(counts["special_matched"].values()) == counts["donor_tokens"]
+
+
+@pytest.mark.parametrize("method", ["omp", "mean", "zero", "subword", "hybrid"])
+def test_transplant_writes_stock_loadable_model(tmp_path, tiny_llama_dir, tiny_gemma_dir, method):
+    out = tmp_path / "out"
+    result = transplant(str(tiny_llama_dir), str(tiny_gemma_dir), out, TransplantOptions(method=method, k=8, pad_to=64))
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    donor = AutoTokenizer.from_pretrained(tiny_gemma_dir)
+    assert tokenizer.get_vocab() == donor.get_vocab()
+    rows = model.get_input_embeddings().weight.shape[0]
+    assert rows % 64 == 0 and rows >= len(tokenizer) and model.config.vocab_size == rows
+    assert model.config.eos_token_id == donor.eos_token_id and model.config.bos_token_id == donor.bos_token_id
+    manifest = json.loads((out / "tokeff.json").read_text())
+    assert manifest["kind"] == "model" and manifest["parameters"]["transplant"]["method"] == method
+    assert manifest["metrics"]["vocabulary"]["shared"] == result["vocabulary"]["shared"] > 0
+    # Shared tokens keep the base rows exactly.
+    match = match_vocabularies(AutoTokenizer.from_pretrained(tiny_llama_dir), donor)
+    base = load_file(str(tiny_llama_dir / "model.safetensors"))["model.embed_tokens.weight"]
+    new = model.get_input_embeddings().weight.detach()
+    shared = torch.from_numpy(match.shared_ids)
+    torch.testing.assert_close(new[shared], base[torch.from_numpy(match.base_row[match.shared_ids])])
+    estimated = new[torch.from_numpy(match.new_ids)]
+    if method == "zero":
+        assert estimated.abs().max() == 0
+    else:
+        assert estimated.abs().sum(dim=1).min() > 0
+    ids = tokenizer("Hello there, my lord", return_tensors="pt")["input_ids"]
+    assert torch.isfinite(model(ids).logits).all()
+
+
+def test_omp_rows_apply_donor_codes_to_base_rows(tmp_path, tiny_llama_dir, tiny_gemma_dir):
+    """A new token's row is the OMP code (found in the donor space) applied to the base anchors."""
+    out = tmp_path / "out"
+    transplant(str(tiny_llama_dir), str(tiny_gemma_dir), out, TransplantOptions(method="omp", k=4))
+    match = match_vocabularies(AutoTokenizer.from_pretrained(tiny_llama_dir), AutoTokenizer.from_pretrained(tiny_gemma_dir))
+    donor = load_file(str(tiny_gemma_dir / "model.safetensors"))["model.embed_tokens.weight"]
+    base = load_file(str(tiny_llama_dir / "model.safetensors"))["model.embed_tokens.weight"]
+    new = load_file(str(out / "model.safetensors"))["model.embed_tokens.weight"]
+    shared = match.shared_ids
+    token = int(match.new_ids[0])
+    picked, coefficients = _brute_force_omp(donor[token], donor[torch.from_numpy(shared)], 4)
+    expected = (coefficients.float().unsqueeze(1) * base[torch.from_numpy(match.base_row[shared[picked]])]).sum(0)
+    torch.testing.assert_close(new[token], expected, atol=1e-4, rtol=1e-3)
+
+
+def test_untied_head_rebuilt_separately(tmp_path, tiny_llama_dir, tiny_gemma_dir):
+    untied = tmp_path / "untied"
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
+    model.save_pretrained(untied)
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(untied)
+    out = tmp_path / "out"
+    transplant(str(untied), str(tiny_gemma_dir), out, TransplantOptions(method="subword"))
+    tensors = load_file(str(out / "model.safetensors"))
+    assert not torch.equal(tensors["model.embed_tokens.weight"], tensors["lm_head.weight"])
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    torch.testing.assert_close(loaded.lm_head.weight, tensors["lm_head.weight"])
+    assert loaded.lm_head.weight.shape == loaded.get_input_embeddings().weight.shape
+
+
+def test_special_tokens_by_role_and_map(tmp_path, tiny_llama_dir, tiny_gemma_dir):
+    base, donor = AutoTokenizer.from_pretrained(tiny_llama_dir), AutoTokenizer.from_pretrained(tiny_gemma_dir)
+    match = match_vocabularies(base, donor)
+    assert match.special_matches[donor.eos_token_id] == (base.eos_token_id, "role:eos")
+    assert match.special_matches[donor.bos_token_id] == (base.bos_token_id, "role:bos")
+    mapped = match_vocabularies(base, donor, {"<pad>": "<|endoftext|>"})
+    assert mapped.special_matches[donor.pad_token_id] == (base.convert_tokens_to_ids("<|endoftext|>"), "map")
+    with pytest.raises(TokeffError, match="not a token of the donor"):
+        match_vocabularies(base, donor, {"<nope>": "<|endoftext|>"})
+
+
+def test_quality_report_and_cli(tmp_path, tiny_llama_dir, tiny_gemma_dir):
+    from typer.testing import CliRunner
+
+    from tokeff.cli.app import app
+
+    text = tmp_path / "eval.txt"
+    text.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 8)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["transplant", str(tiny_llama_dir), "--donor", str(tiny_gemma_dir), "-o", str(out), "--k", "4", "--eval-text", str(text), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    quality = payload["quality"]
+    assert quality["base_bpb"] > 0 and quality["transplanted_bpb"] > 0
+    assert quality["shared_bytes"] + quality["new_bytes"] == quality["bytes"]
+    verify = CliRunner().invoke(app, ["verify", str(out)])
+    assert verify.exit_code == 0, verify.output
+
+
+def test_bad_input(tmp_path, tiny_llama_dir, tiny_gemma_dir):
+    with pytest.raises(TokeffError, match="same tokenizer"):
+        transplant(str(tiny_llama_dir), str(tiny_llama_dir), tmp_path / "a", TransplantOptions())
+    with pytest.raises(TokeffError, match="needs the donor model"):
+        transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "b", TransplantOptions(donor_tokenizer_only=True))
+    with pytest.raises(TokeffError, match="unknown --method"):
+        transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "c", TransplantOptions(method="magic"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_k_larger_than_shared_is_clamped(tmp_path, tiny_llama_dir, tiny_gemma_dir, capsys):
+    result = transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "o", TransplantOptions(k=100_000))
+    assert result["transplant"]["k"] == result["vocabulary"]["shared"]
+    assert "using k=" in capsys.readouterr().err
+
+
+def test_donor_tokenizer_only_folder(tmp_path, tiny_llama_dir, sentencepiece_tokenizer):
+    tokenizer_dir = tmp_path / "tok"
+    sentencepiece_tokenizer.save_pretrained(tokenizer_dir)
+    out = tmp_path / "out"
+    transplant(str(tiny_llama_dir), str(tokenizer_dir), out, TransplantOptions(method="subword", donor_tokenizer_only=True))
+    assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size % 64 == 0
+
+
+def test_unsupported_architecture(tmp_path, tiny_llama_dir, tiny_gemma_dir):
+    weird = tmp_path / "weird"
+    weird.mkdir()
+    for file in tiny_llama_dir.iterdir():
+        (weird / file.name).write_bytes(file.read_bytes())
+    config = json.loads((weird / "config.json").read_text())
+    config["architectures"] = ["BertModel"]
+    (weird / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TokeffError, match="unsupported architecture BertModel"):
+        transplant(str(weird), str(tiny_gemma_dir), tmp_path / "o", TransplantOptions())
+
+
+@pytest.mark.slow
+def test_real_pair_gemma_given_smollm2_tokenizer(tmp_path):
+    out = tmp_path / "out"
+    result = transplant("gemma3-270m", "smollm2-135m", out, TransplantOptions(method="subword"))
+    assert result["vocabulary"]["shared"] > 40_000
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.vocab_size == 49_152 and len(tokenizer) <= 49_152
+    ids = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        top = model(ids).logits[0, -1].topk(5).indices.tolist()
+    assert all(0 <= i < len(tokenizer) for i in top)
+    assert np.isfinite(model(ids).logits.detach().numpy()).all()

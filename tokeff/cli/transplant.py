@@ -1,0 +1,68 @@
+"""`tokeff transplant`: give a model another model's tokenizer, without training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from tokeff.cli.options import Device, Force, Json, Output
+from tokeff.core import console
+
+
+def transplant(
+    base: Annotated[str, typer.Argument(help="Model to transplant into: built-in name, .gguf, folder or hub id.")],
+    donor: Annotated[str, typer.Option("--donor", help="Model whose tokenizer (and embeddings) to use.")],
+    output: Output,
+    method: Annotated[str, typer.Option(help="omp, mean, zero, subword or hybrid.")] = "omp",
+    k: Annotated[int, typer.Option("--k", help="Anchors per new token (omp: sparsity; hybrid: neighbours).")] = 64,
+    pad_to: Annotated[int, typer.Option(help="Pad the vocabulary rows to a multiple of this.")] = 64,
+    maps: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="DONOR_TOKEN=BASE_TOKEN: which base row a donor special token copies (repeatable)."),
+    ] = None,
+    donor_tokenizer_only: Annotated[
+        bool, typer.Option("--donor-tokenizer-only", help="DONOR is only a tokenizer (methods subword, mean, zero).")
+    ] = False,
+    eval_text: Annotated[
+        Path | None, typer.Option(help="Report bits per byte of base and transplanted model on this UTF-8 text.")
+    ] = None,
+    eval_context: Annotated[
+        int | None, typer.Option(help="Tokens per evaluation window (default: 1024, or the model's positions if fewer).")
+    ] = None,
+    device: Device = "auto",
+    force: Force = False,
+    json: Json = False,
+) -> None:
+    """Give BASE the tokenizer of DONOR: new tokens' rows are estimated from shared tokens (OMP by default)."""
+    from tokeff.surgery.transplant.pipeline import TransplantOptions, transplant as run
+
+    options = TransplantOptions(
+        method=method, k=k, pad_to=pad_to, maps=maps or [], donor_tokenizer_only=donor_tokenizer_only,
+        eval_text=str(eval_text) if eval_text is not None else None, eval_context=eval_context, device=device,
+    )
+    result = run(base, donor, output, options, force=force)
+    if json:
+        console.emit_json(result)
+        return
+    vocab = result["vocabulary"]
+    table = Table("field", "value", title=f"transplant -> {output}")
+    table.add_row("method", f"{method}" + (f" (k={result['transplant']['k']})" if result["transplant"]["k"] else ""))
+    table.add_row("donor tokens", f"{vocab['donor_tokens']:,} ({result['transplant']['vocab_rows']:,} rows)")
+    table.add_row("shared / new / unreachable", f"{vocab['shared']:,} / {vocab['new']:,} / {vocab['unreachable']:,}")
+    table.add_row("special tokens", ", ".join(f"{s['donor']}->{s['base']} ({s['how']})" for s in result["special_tokens"]))
+    quality = result.get("quality")
+    if quality:
+        table.add_row("bits/byte base -> transplanted", f"{quality['base_bpb']:.4f} -> {quality['transplanted_bpb']:.4f}")
+        for label in ("shared", "new"):
+            if quality.get(f"{label}_bytes"):
+                table.add_row(
+                    f"  on bytes under {label} tokens",
+                    f"{quality[f'{label}_base_bpb']:.4f} -> {quality[f'{label}_transplanted_bpb']:.4f} "
+                    f"({quality[f'{label}_bytes'] / quality['bytes']:.1%} of bytes)",
+                )
+    table.add_row("time", f"{result['seconds']:.1f} s (transplant {result['seconds_transplant']:.1f} s)")
+    table.add_row("peak memory", f"{result['peak_rss_mib']:,.0f} MiB")
+    console.stdout.print(table)

@@ -1,0 +1,1 @@
+"""Tokenizer transplant: give a model another model's tokenizer without training (`tokeff transplant`)."""

@@ -1,0 +1,213 @@
+"""`tokeff transplant`: give a base model a donor's tokenizer, without training.
+
+Every donor token id gets a row in the new embedding (and untied lm_head): shared tokens copy
+their base row, special tokens the base row of the same role, the rest are estimated
+(`estimators.py`). Weights are streamed shard by shard (`checkpoint.py`), the donor's tokenizer,
+chat template and special-token ids go into config.json and generation_config.json, and with an
+evaluation text the manifest records what the transplant cost in bits per byte.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tokeff.core import console
+from tokeff.core.artifacts import MANIFEST_NAME, ArtifactWriter, check_output_path
+from tokeff.core.device import resolve_device
+from tokeff.core.errors import TokeffError
+from tokeff.core.hashing import sha256_file
+from tokeff.core.models import load_model, load_tokenizer
+from tokeff.core.resolve import model_folder
+from tokeff.surgery.transplant.checkpoint import Checkpoint, embedding_layout
+from tokeff.surgery.transplant.estimators import DONOR_EMBEDDING_METHODS, METHODS, Combination, estimate
+from tokeff.surgery.transplant.vocab import VocabMatch, match_vocabularies, parse_maps, same_vocabulary, special_roles
+
+@dataclass
+class TransplantOptions:
+    method: str = "omp"
+    k: int = 64
+    pad_to: int = 64
+    maps: list[str] = field(default_factory=list)
+    donor_tokenizer_only: bool = False
+    eval_text: str | None = None
+    eval_context: int | None = None  # default: 1024 or the model's positions, if fewer
+    device: str = "auto"
+
+
+def transplant(base: str, donor: str, out: Path, options: TransplantOptions, force: bool = False) -> dict:
+    """Write the transplanted model to `out`; returns the manifest's parameters and metrics."""
+    started = time.perf_counter()
+    _check_options(options)
+    check_output_path(out, force)
+    device = resolve_device(options.device)
+    base_folder = model_folder(base)
+    base_tokenizer = load_tokenizer(base, folder=base_folder)
+    donor_folder = _donor_folder(donor, options.donor_tokenizer_only)
+    donor_tokenizer = load_tokenizer(donor, folder=donor_folder)
+    if same_vocabulary(base_tokenizer, donor_tokenizer):
+        raise TokeffError(f"{donor} uses the same tokenizer as {base}: nothing to transplant, use {base} as it is")
+    checkpoint = Checkpoint(base_folder)
+    layout = embedding_layout(base_folder, checkpoint)
+    match = match_vocabularies(base_tokenizer, donor_tokenizer, parse_maps(options.maps))
+    shared = len(match.shared_ids)
+    if shared == 0:
+        raise TokeffError(f"{base} and {donor} share no token (by canonical bytes): there is nothing to build on")
+    too_big = [int(i) for i in match.base_row[match.base_row >= layout.rows]]
+    if too_big:
+        raise TokeffError(f"{base}: tokenizer id {too_big[0]} is past its {layout.rows} embedding rows")
+    counts = match.counts()
+    console.info(
+        f"donor vocabulary: {counts['shared']:,} shared, {counts['new']:,} new, {counts['unreachable']:,} unreachable, "
+        f"{sum(counts['special_matched'].values())} special tokens matched"
+    )
+    k = options.k
+    donor_embeddings = None
+    if options.method in DONOR_EMBEDDING_METHODS:
+        donor_embeddings = _donor_embeddings(donor, donor_folder, match)
+        if k > shared:
+            console.warn(f"--k {k} is more than the {shared} shared tokens; using k={shared}")
+            k = shared
+    combination = estimate(options.method, match, base_tokenizer, donor_embeddings, k, device)
+    del donor_embeddings
+    rows = _padded(max(match.donor_rows, len(donor_tokenizer)), options.pad_to)
+    replacements = {name: _rebuild(checkpoint.read(name), match, combination, rows) for name in layout.names}
+
+    parameters = {
+        "transplant": {
+            "method": options.method, "k": k if options.method in DONOR_EMBEDDING_METHODS else None,
+            "pad_to": options.pad_to, "maps": list(options.maps), "donor_tokenizer_only": options.donor_tokenizer_only,
+            "tied_embeddings": layout.tied, "architecture": layout.architecture, "vocab_rows": rows,
+        }
+    }
+    with ArtifactWriter(out, kind="model", force=force, parameters=parameters) as writer:
+        writer.add_input("base", base, _folder_hash(base_folder))
+        writer.add_input("donor", donor, _folder_hash(donor_folder))
+        checkpoint.write(writer, replacements)
+        del replacements
+        _write_config(base_folder, writer.path, donor_tokenizer, rows)
+        donor_tokenizer.save_pretrained(writer.path)
+        metrics: dict = {"vocabulary": counts, "special_tokens": _special_report(match, base_tokenizer, donor_tokenizer)}
+        metrics["seconds_transplant"] = time.perf_counter() - started
+        if options.eval_text is not None:
+            metrics["quality"] = _evaluate(base, writer.path, options, match, device)
+        metrics["peak_rss_mib"] = _peak_rss_mib()
+        metrics["seconds"] = time.perf_counter() - started
+        writer.metrics.update(metrics)
+    return {"output": str(out), **parameters, **metrics}
+
+
+def _check_options(options: TransplantOptions) -> None:
+    if options.method not in METHODS:
+        raise TokeffError(f"unknown --method {options.method!r} (use {', '.join(METHODS)})")
+    if options.donor_tokenizer_only and options.method in DONOR_EMBEDDING_METHODS:
+        raise TokeffError(
+            f"--method {options.method} needs the donor model's embeddings; with --donor-tokenizer-only use subword, mean or zero"
+        )
+    if options.k < 1:
+        raise TokeffError(f"--k must be at least 1, got {options.k}")
+    if options.pad_to < 1:
+        raise TokeffError(f"--pad-to must be at least 1, got {options.pad_to}")
+
+
+def _donor_folder(donor: str, tokenizer_only: bool) -> Path:
+    """A donor model's folder; with --donor-tokenizer-only a bare tokenizer folder is enough."""
+    path = Path(donor).expanduser()
+    if tokenizer_only and path.is_dir() and not (path / "config.json").is_file():
+        if not (path / "tokenizer.json").is_file():
+            raise TokeffError(f"{donor}: folder has neither a tokenizer.json nor a config.json")
+        return path
+    return model_folder(donor)
+
+
+def _donor_embeddings(donor: str, folder: Path, match: VocabMatch) -> torch.Tensor:
+    checkpoint = Checkpoint(folder)
+    layout = embedding_layout(folder, checkpoint)
+    embeddings = checkpoint.read(layout.embed)
+    if embeddings.shape[0] < match.donor_rows:
+        raise TokeffError(f"{donor}: tokenizer has {match.donor_rows} ids but the model only {embeddings.shape[0]} rows")
+    return embeddings.float()
+
+
+def _padded(count: int, multiple: int) -> int:
+    return math.ceil(count / multiple) * multiple
+
+
+@torch.inference_mode()
+def _rebuild(matrix: torch.Tensor, match: VocabMatch, combination: Combination, rows: int) -> torch.Tensor:
+    """The donor-indexed matrix: copied rows, estimated rows, zero padding up to `rows`."""
+    out = matrix.new_zeros(rows, matrix.shape[1])
+    known = np.flatnonzero(match.base_row >= 0)
+    out[torch.from_numpy(known)] = matrix[torch.from_numpy(match.base_row[known])]
+    estimated = torch.from_numpy(match.estimated_ids)
+    for start in range(0, len(estimated), 16384):  # bounded temporaries on 262k-token vocabularies
+        part = Combination(*(t[start : start + 16384] for t in (combination.indices, combination.weights, combination.mean_weight)))
+        out[estimated[start : start + 16384]] = part.apply(matrix).to(matrix.dtype)
+    return out
+
+
+def _write_config(base_folder: Path, folder: Path, tokenizer, rows: int) -> None:
+    """Base config with the new vocabulary size and the donor's special-token ids."""
+    config = json.loads((base_folder / "config.json").read_text())
+    roles = special_roles(tokenizer)
+    ids = {"bos_token_id": roles.get("bos"), "eos_token_id": roles.get("eos"), "pad_token_id": roles.get("pad")}
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    for section in {id(config): config, id(text): text}.values():
+        if "vocab_size" in section or section is text:
+            section["vocab_size"] = rows
+        section.update(ids)
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    generation = {}
+    if (base_folder / "generation_config.json").is_file():
+        generation = json.loads((base_folder / "generation_config.json").read_text())
+    stops = [token for token in (roles.get("eos"), roles.get("turn_end")) if token is not None]
+    generation.update(
+        bos_token_id=roles.get("bos"),
+        eos_token_id=sorted(set(stops)) if len(set(stops)) > 1 else (stops[0] if stops else None),
+        pad_token_id=roles.get("pad", roles.get("eos")),
+    )
+    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+
+
+def _special_report(match: VocabMatch, base_tokenizer, donor_tokenizer) -> list[dict]:
+    return [
+        {
+            "donor": donor_tokenizer.convert_ids_to_tokens(donor_id),
+            "base": base_tokenizer.convert_ids_to_tokens(base_id),
+            "how": how,
+        }
+        for donor_id, (base_id, how) in sorted(match.special_matches.items())
+    ]
+
+
+def _evaluate(base: str, folder: Path, options: TransplantOptions, match: VocabMatch, device: torch.device) -> dict:
+    from tokeff.core.textio import read_text
+    from tokeff.surgery.transplant.quality import quality_report, summarize
+
+    text = read_text(options.eval_text)
+    base_lm = load_model(base, device=str(device))
+    new_lm = load_model(str(folder), device=str(device))  # stock from_pretrained: proves the output loads
+    limit = min(lm.model.config.get_text_config().max_position_embeddings or 1024 for lm in (base_lm, new_lm))
+    report = quality_report(base_lm, new_lm, text, match.estimated_ids, options.eval_context or min(1024, limit))
+    report["file"] = str(options.eval_text)
+    console.info(summarize(report))
+    return report
+
+
+def _folder_hash(folder: Path) -> str | None:
+    """A tokeff artifact's manifest pins every file's hash; other folders are pinned by their tokenizer."""
+    for name in (MANIFEST_NAME, "tokenizer.json"):
+        if (folder / name).is_file():
+            return sha256_file(folder / name)
+    return None
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

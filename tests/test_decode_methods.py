@@ -268,7 +268,7 @@ def test_sink_streams_past_the_model_context(models, tmp_path):
         from tokeff.decoding.bounded import bounded_cache_bpb
 
         method = get_method("sink")(lm, DecodeConfig(), sinks=2, window=64)
-        result = bounded_cache_bpb(method, text, context=2000, chunk=16)
+        result = bounded_cache_bpb(method, text, context=2000, chunk=16).to_json()
     finally:
         hook.remove()
     streamed = [int(ids.max()) for ids in positions if ids.shape[-1] <= 16]  # the full-cache passes are longer
@@ -310,7 +310,7 @@ def test_h2o_scores_through_its_cache(models):
     from tokeff.decoding.bounded import bounded_cache_bpb
 
     lm = models["gemma"][0]
-    result = bounded_cache_bpb(get_method("h2o")(lm, DecodeConfig(), kv_budget=16), PROMPT * 4, context=200, chunk=4)
+    result = bounded_cache_bpb(get_method("h2o")(lm, DecodeConfig(), kv_budget=16), PROMPT * 4, context=200, chunk=4).to_json()
     assert result["kv_bytes"] < result["full_cache_kv_bytes"] and math.isfinite(result["bpb"])
     assert lm.model.config._attn_implementation == "sdpa"
 
@@ -359,6 +359,6 @@ def test_real_model_sink_keeps_perplexity_close(builtin_model):
 
     lm = builtin_model("smollm2-135m")
     text = Path(tiny_models.SHARED_DATA / "wikitext2-valid.txt").read_text()[:6000]
-    result = bounded_cache_bpb(get_method("sink")(lm, DecodeConfig(), sinks=4, window=252), text, context=2048, chunk=32)
+    result = bounded_cache_bpb(get_method("sink")(lm, DecodeConfig(), sinks=4, window=252), text, context=2048, chunk=32).to_json()
     assert result["tokens"] > 1000 and 0 <= result["bpb_increase"] < 0.1
     assert result["kv_bytes"] * 4 < result["full_cache_kv_bytes"]

@@ -80,7 +80,7 @@ def _bounded_bpb(
     options = {name: value for name, value in options.items() if value is not None}
     method_cls.check_options(options)
     lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    payload = {"model": model, "file": str(file), **bounded_cache_bpb(method_cls(lm, DecodeConfig(), **options), text, context, chunk)}
+    payload = {"model": model, "file": str(file), **bounded_cache_bpb(method_cls(lm, DecodeConfig(), **options), text, context, chunk).to_json()}
     if json:
         console.emit_json(payload)
         return

@@ -6,12 +6,13 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from transformers import Cache
 
 from tokeff.core.errors import TokeffError
+from tokeff.core.evaluation import BpbResult, bits_per_byte
 from tokeff.core.models import LoadedModel
 from tokeff.decoding.autoregressive import Autoregressive
 from tokeff.decoding.types import DecodeResult, Prompt, TextCallback, cache_nbytes
@@ -43,11 +44,39 @@ class BoundedCacheMethod(Autoregressive):
             return super().generate(prompt, on_text)
 
 
-def bounded_cache_bpb(method: BoundedCacheMethod, text: str, context: int, chunk: int = 1) -> dict[str, Any]:
+@dataclass
+class BoundedBpb:
+    """Decode-order bits per byte through a bounded cache beside the full cache on the same segments."""
+
+    method: str
+    options: dict[str, Any]
+    bounded: BpbResult
+    full: BpbResult
+    kv_bytes: int  # the bounded cache at the end of the longest segment
+    full_kv_bytes: int  # a cache holding every position of that segment
+    chunk: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            **self.options,
+            "bpb": self.bounded.bpb,
+            "full_cache_bpb": self.full.bpb,
+            "bpb_increase": self.bounded.bpb - self.full.bpb,
+            "kv_bytes": self.kv_bytes,
+            "full_cache_kv_bytes": self.full_kv_bytes,
+            "bytes": self.bounded.bytes,
+            "tokens": self.bounded.tokens,
+            "context": self.bounded.context,
+            "full_cache_context": self.full.context,
+            "chunk": self.chunk,
+            "seconds": self.bounded.seconds + self.full.seconds,
+        }
+
+
+def bounded_cache_bpb(method: BoundedCacheMethod, text: str, context: int, chunk: int = 1) -> BoundedBpb:
     """Bits per byte of `text` scored in decode order through the method's cache (segments of `context`
     tokens, `chunk` tokens per model call), beside the full cache on the same segments, and the memory of both."""
-    from tokeff.core.evaluation import bits_per_byte
-
     lm = method.lm
     current: list[Cache] = []
     kv_bytes = kept = 0
@@ -71,19 +100,6 @@ def bounded_cache_bpb(method: BoundedCacheMethod, text: str, context: int, chunk
     limit = lm.model.config.get_text_config().max_position_embeddings or context
     full_context = min(context, limit)
     full = bits_per_byte(lm, text, context=full_context, stride=full_context)
-    longest = min(context, bounded.tokens + 1)  # positions of the longest segment, boundary token included
-    return {
-        "method": method.name,
-        **{name: value for name, value in method.opts.items() if value is not None},
-        "bpb": bounded.bpb,
-        "full_cache_bpb": full.bpb,
-        "bpb_increase": bounded.bpb - full.bpb,
-        "kv_bytes": kv_bytes,
-        "full_cache_kv_bytes": kv_bytes * min(longest, full_context) // kept,
-        "bytes": bounded.bytes,
-        "tokens": bounded.tokens,
-        "context": context,
-        "full_cache_context": full_context,
-        "chunk": chunk,
-        "seconds": bounded.seconds + full.seconds,
-    }
+    longest = min(full_context, bounded.tokens + 1)  # positions of the longest segment, boundary token included
+    options = {name: value for name, value in method.opts.items() if value is not None}
+    return BoundedBpb(method.name, options, bounded, full, kv_bytes, kv_bytes * longest // kept, chunk)

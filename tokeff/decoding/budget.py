@@ -1,7 +1,7 @@
 """How many draft tokens to verify per step, chosen for the machine at hand rather than copied from a
 GPU setting: expected accepted tokens per second of verification, both measured while decoding.
 
-- `StepCost` fits seconds per step against tokens fed (a line through the recent steps' timings);
+- `StepCost` measures seconds per step against tokens fed (recent steps of each size, interpolated);
   on a CPU a forward pass of 32 tokens costs several times one of 1 token, on a GPU about the same.
 - `AcceptanceRates` estimates, for each draft slot (a tree-template node, a chain depth), the
   probability that its token is accepted given its parent was, from counts with a prior.
@@ -23,39 +23,28 @@ from tokeff.decoding.verify import DraftTree
 
 
 class StepCost:
-    """Seconds of one verification step as a + b * tokens, from exponentially weighted timings per size."""
+    """Seconds of one verification step by tokens fed: the median of the recent steps of each size,
+    interpolated between measured sizes. Not a line: on a CPU one token goes through matrix-vector
+    kernels and two or more through matrix-matrix ones, so the first extra token costs the most."""
 
-    def __init__(self, decay: float = 0.3) -> None:
-        self.decay = decay
-        self.seconds: dict[int, float] = {}
-        self.counts: dict[int, int] = {}
-        self._fit: tuple[float, float] | None = None
+    def __init__(self, memory: int = 8) -> None:
+        self.memory = memory
+        self.recent: dict[int, list[float]] = {}
 
     def observe(self, n_tokens: int, seconds: float) -> None:
-        previous = self.seconds.get(n_tokens)
-        self.seconds[n_tokens] = seconds if previous is None else previous + self.decay * (seconds - previous)
-        self.counts[n_tokens] = self.counts.get(n_tokens, 0) + 1
-        self._fit = None
+        self.recent[n_tokens] = [*self.recent.get(n_tokens, [])[-(self.memory - 1) :], seconds]
 
     @property
     def ready(self) -> bool:
-        return len(self.seconds) >= 2
+        return len(self.recent) >= 2
 
     def predict(self, n_tokens: np.ndarray) -> np.ndarray:
-        intercept, slope = self._line()
-        return intercept + slope * n_tokens
-
-    def _line(self) -> tuple[float, float]:
-        if self._fit is None:
-            sizes = np.array(list(self.seconds), dtype=float)
-            times = np.array([self.seconds[n] for n in self.seconds])
-            weights = np.sqrt(np.minimum([self.counts[n] for n in self.seconds], 16))
-            slope, intercept = np.polyfit(sizes, times, 1, w=weights)
-            # Noise can tilt the line; a step never gets cheaper with more tokens, and never costs nothing.
-            slope = max(float(slope), 0.0)
-            intercept = max(float(intercept), 0.05 * float(times.min()), 1e-6)
-            self._fit = (intercept, slope)
-        return self._fit
+        sizes = np.array(sorted(self.recent), dtype=float)
+        times = np.maximum.accumulate([float(np.median(self.recent[int(n)])) for n in sizes])
+        # Past the largest measured size, continue the slope of the last two (never downwards).
+        slope = max((times[-1] - times[-2]) / (sizes[-1] - sizes[-2]), 0.0) if len(sizes) > 1 else 0.0
+        inside = np.interp(n_tokens, sizes, times)
+        return np.where(n_tokens > sizes[-1], times[-1] + slope * (n_tokens - sizes[-1]), inside)
 
 
 class AcceptanceRates:
@@ -123,8 +112,8 @@ class DraftBudget:
         sizes = np.arange(len(values) + 1)
         gain = 1.0 + np.concatenate([[0.0], np.cumsum(values)])
         best = int(np.argmax(gain / (self.cost.predict(sizes + 1.0) + self.node_seconds * sizes)))
-        if self.steps % 32 == 0:  # now and then probe a neighbour so the cost line stays local
-            best = min(len(values), best * 2) if (self.steps // 32) % 2 else best // 2
+        if self.steps % 32 == 0:  # now and then probe a neighbouring size, so costs and rates stay current
+            best = min(len(values), max(1, best * 2)) if (self.steps // 32) % 2 else best // 2
         return best
 
     def observe(

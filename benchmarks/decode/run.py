@@ -11,7 +11,7 @@ built-ins a user would try instead, all measured in one run on the same prompts.
 - sink and h2o: bits per byte and KV memory through the bounded cache on a wikitext text 4x longer
   than the cache, beside the full cache.
 
-    flock /tmp/tokeff-bench.lock python benchmarks/decode/run.py --prompts 8
+    flock /tmp/tokeff-bench.lock python benchmarks/decode/run.py --prompts 3 --draft-prompts 2 --threads 1 --cache-positions 128
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from tokeff.decoding.types import DecodeConfig, Prompt  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext2-valid.txt"
 
-Runner = Callable[[str], tuple[list[int], float, dict]]
+Runner = Callable[[str, int], tuple[list[int], float, dict]]  # (text, new tokens) -> (ids, seconds, extra)
 
 
 def humaneval_prompts(count: int) -> list[str]:
@@ -57,10 +57,11 @@ def wikitext_prompts(count: int, chars: int = 600) -> list[str]:
     return [p[:chars].rsplit(" ", 1)[0] for p in paragraphs[:count]]
 
 
-def tokeff_runner(lm: LoadedModel, method: str, new_tokens: int, **options) -> Runner:
-    decoder = get_method(method)(lm, DecodeConfig(max_new_tokens=new_tokens, stop_at_eos=False), **options)
+def tokeff_runner(lm: LoadedModel, method: str, **options) -> Runner:
+    decoder = get_method(method)(lm, DecodeConfig(stop_at_eos=False), **options)
 
-    def run(text: str):
+    def run(text: str, new_tokens: int):
+        decoder.config.max_new_tokens = new_tokens
         result = decoder.generate(Prompt.from_text(lm, text))
         extra = {k: result.details[k] for k in ("draft_acceptance", "drafted_per_step") if k in result.details}
         return result.token_ids, result.stats.seconds, {"forward_passes": result.stats.forward_passes, **extra}
@@ -68,11 +69,12 @@ def tokeff_runner(lm: LoadedModel, method: str, new_tokens: int, **options) -> R
     return run
 
 
-def transformers_runner(lm: LoadedModel, new_tokens: int, **generate_kwargs) -> Runner:
+def transformers_runner(lm: LoadedModel, **generate_kwargs) -> Runner:
     config = copy.deepcopy(lm.model.generation_config)
-    config.update(do_sample=False, max_new_tokens=new_tokens, eos_token_id=None, pad_token_id=lm.tokenizer.eos_token_id)
+    config.update(do_sample=False, eos_token_id=None, pad_token_id=lm.tokenizer.eos_token_id)
 
-    def run(text: str):
+    def run(text: str, new_tokens: int):
+        config.max_new_tokens = new_tokens
         ids = torch.tensor([lm.encode(text)])
         started = time.perf_counter()
         with torch.inference_mode():
@@ -82,18 +84,18 @@ def transformers_runner(lm: LoadedModel, new_tokens: int, **generate_kwargs) -> 
     return run
 
 
-def measure(runners: dict[str, Runner], prompts: list[str], label: str) -> dict:
+def measure(runners: dict[str, Runner], prompts: list[str], new_tokens: int, label: str) -> dict:
     """Every runner on every prompt, rotating the order; totals, ratios to greedy and identity checks."""
     names = list(runners)
-    for name in names:  # warm-up (allocations, lazy imports, the adaptive budgets' first steps)
-        runners[name](prompts[0][:200])
+    for name in names:  # a short warm-up (allocations, lazy imports, the adaptive budgets' first steps)
+        runners[name](prompts[0][:200], 16)
     totals = {name: {"tokens": 0, "seconds": 0.0, "identical": 0, "forward_passes": 0} for name in names}
     per_prompt = []
     for index, text in enumerate(prompts):
         order = names[index % len(names) :] + names[: index % len(names)]
         outputs = {}
         for name in order:
-            ids, seconds, extra = runners[name](text)
+            ids, seconds, extra = runners[name](text, new_tokens)
             outputs[name] = ids
             totals[name]["tokens"] += len(ids)
             totals[name]["seconds"] += seconds
@@ -163,12 +165,13 @@ def write_doc(report: dict, command: str, path: Path) -> None:
         "",
         f"Reproduce: `{command}` (about {report['minutes']:.0f} minutes here).",
         "",
-        f"Machine: {report['machine']}, {torch.get_num_threads()} torch threads, float32, shared with other jobs "
+        f"Machine: {report['machine']}, {report['threads']} torch thread(s), float32, shared with other jobs "
         "(absolute tokens/s are noisy; ratios are measured side by side, methods taking turns prompt by prompt).",
-        f"Sizes: {report['prompts']} HumanEval prompts and {report['prompts']} wikitext-2 passages, "
+        f"Sizes: {report['prompts']} HumanEval prompts and {report['prompts']} wikitext-2 passages for smollm2-135m, "
+        f"the first {report['draft_prompts']} of each for speculative decoding; "
         f"{report['new_tokens']} new tokens each, greedy, end-of-sequence ignored. The adaptive methods keep "
         "their measured step costs, acceptance rates and (recycle) adjacency matrix across the prompts of a set, "
-        "after one warm-up generation.",
+        "after one short warm-up generation.",
         "",
         "## Speed (tokens/s relative to greedy, same run)",
         "",
@@ -204,37 +207,44 @@ def write_doc(report: dict, command: str, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=8, help="prompts per set")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per set (smollm2-135m methods)")
+    parser.add_argument("--draft-prompts", type=int, default=None, help="prompts per set for speculative (default: --prompts)")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--cache-positions", type=int, default=512, help="sink/h2o cache size")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    sets = {"HumanEval": humaneval_prompts(args.prompts), "wikitext": wikitext_prompts(args.prompts)}
+    draft_prompts = args.draft_prompts or args.prompts
     smollm = load_model("smollm2-135m", device="cpu")
     gemma = load_model("gemma3-270m", device="cpu")
     n = args.new_tokens
     speed = {}
-    for set_name, prompts in sets.items():
+    for set_name, read in (("HumanEval", humaneval_prompts), ("wikitext", wikitext_prompts)):
+        prompts = read(max(args.prompts, draft_prompts))
         speed[f"smollm2-135m / {set_name}"] = measure(
             {
-                "greedy": tokeff_runner(smollm, "greedy", n),
-                "lookup": tokeff_runner(smollm, "lookup", n),
-                "recycle": tokeff_runner(smollm, "recycle", n),
-                "transformers prompt lookup": transformers_runner(smollm, n, prompt_lookup_num_tokens=10),
+                "greedy": tokeff_runner(smollm, "greedy"),
+                "lookup": tokeff_runner(smollm, "lookup"),
+                "recycle": tokeff_runner(smollm, "recycle"),
+                "transformers prompt lookup": transformers_runner(smollm, prompt_lookup_num_tokens=10),
             },
-            prompts,
+            prompts[: args.prompts],
+            n,
             f"smollm2 {set_name}",
         )
         speed[f"gemma3-270m + smollm2-135m draft / {set_name}"] = measure(
             {
-                "greedy": tokeff_runner(gemma, "greedy", n),
-                "speculative": tokeff_runner(gemma, "speculative", n, draft=smollm),
+                "greedy": tokeff_runner(gemma, "greedy"),
+                "speculative": tokeff_runner(gemma, "speculative", draft=smollm),
                 "transformers assisted": transformers_runner(
-                    gemma, n, assistant_model=smollm.model, tokenizer=gemma.tokenizer, assistant_tokenizer=smollm.tokenizer
+                    gemma, assistant_model=smollm.model, tokenizer=gemma.tokenizer, assistant_tokenizer=smollm.tokenizer
                 ),
             },
-            prompts,
+            prompts[:draft_prompts],
+            n,
             f"gemma3 {set_name}",
         )
     bounded = bounded_caches(smollm, args.cache_positions)
@@ -242,6 +252,8 @@ def main() -> None:
     report = {
         "machine": f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), Python {platform.python_version()}, torch {torch.__version__}",
         "prompts": args.prompts,
+        "draft_prompts": draft_prompts,
+        "threads": torch.get_num_threads(),
         "new_tokens": n,
         "cache_positions": args.cache_positions,
         "speed": speed,

@@ -166,7 +166,9 @@ def write_doc(report: dict, command: str, path: Path) -> None:
         f"Reproduce: `{command}` (about {report['minutes']:.0f} minutes here).",
         "",
         f"Machine: {report['machine']}, {report['threads']} torch thread(s), float32, shared with other jobs "
-        "(absolute tokens/s are noisy; ratios are measured side by side, methods taking turns prompt by prompt).",
+        "(absolute tokens/s are noisy; ratios are measured side by side, methods taking turns prompt by prompt). "
+        "Every method, tokeff's and transformers', runs with the same torch thread count; on a machine whose cores "
+        "are shared, one thread per process avoids the thread thrashing that slows two-thread runs several-fold.",
         f"Sizes: {report['prompts']} HumanEval prompts and {report['prompts']} wikitext-2 passages for smollm2-135m, "
         f"the first {report['draft_prompts']} of each for speculative decoding; "
         f"{report['new_tokens']} new tokens each, greedy, end-of-sequence ignored. The adaptive methods keep "

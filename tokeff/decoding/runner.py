@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 from transformers import Cache, DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
@@ -26,10 +24,8 @@ class CachedRunner:
         self.lm = lm
         self.stats = stats
         self.cache = cache if cache is not None else DynamicCache(config=lm.model.config)
-        self.rollback = rollback
         if rollback:
             self.cache.activate_past_recording()
-        self.last_seconds = 0.0  # wall time of the latest forward pass (cost models read it)
 
     @classmethod
     def for_config(
@@ -45,14 +41,11 @@ class CachedRunner:
     @torch.inference_mode()
     def forward(self, token_ids: list[int], **model_kwargs) -> torch.Tensor:
         """Logits (float32) for each of `token_ids`, appended after the cached context."""
-        started = time.perf_counter()
         inputs = torch.tensor([token_ids], dtype=torch.long, device=self.lm.device)
         output = self.lm.model(input_ids=inputs, past_key_values=self.cache, use_cache=True, **model_kwargs)
-        logits = output.logits[0].float()
-        self.last_seconds = time.perf_counter() - started
         self.stats.forward_passes += 1
         self.stats.observe_cache(self.cache)
-        return logits
+        return output.logits[0].float()
 
     def crop(self, length: int) -> None:
         """Forget cached positions past `length` (rejected draft tokens)."""

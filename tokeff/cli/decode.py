@@ -26,6 +26,19 @@ def decode(
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the tokenizer's chat template.")] = False,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past end-of-sequence.")] = False,
     list_methods: Annotated[bool, typer.Option("--list-methods", help="List decode methods and exit.")] = False,
+    draft: Annotated[str | None, typer.Option(help="speculative: the draft model (any tokenizer).")] = None,
+    draft_tokens: Annotated[
+        int | None, typer.Option(help="lookup, speculative: draft tokens per step (default: adaptive).")
+    ] = None,
+    ngram: Annotated[int | None, typer.Option(help="lookup: longest n-gram matched (default 3).")] = None,
+    tree_size: Annotated[
+        int | None, typer.Option(help="recycle: draft-tree nodes per step (default: adaptive to this machine).")
+    ] = None,
+    sinks: Annotated[int | None, typer.Option(help="sink: attention-sink tokens kept (default 4).")] = None,
+    window: Annotated[
+        int | None, typer.Option(help="sink: recent tokens kept (default 1020); h2o: recent part of the budget.")
+    ] = None,
+    kv_budget: Annotated[int | None, typer.Option(help="h2o: positions kept per layer and head (default 512).")] = None,
     watermark: Annotated[Path | None, typer.Option(help="Watermark the text with this key (`tokeff watermark keygen`).")] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -58,6 +71,15 @@ def decode(
         seed=seed,
         stop_at_eos=not ignore_eos,
     )
+    options = {
+        name: value
+        for name, value in dict(
+            draft=draft, draft_tokens=draft_tokens, ngram=ngram, tree_size=tree_size, sinks=sinks, window=window,
+            kv_budget=kv_budget,
+        ).items()
+        if value is not None  # only the flags given, so one that does not apply to the method is an error
+    }
+    method_cls.check_options(options)
     key = None
     if watermark is not None:
         from tokeff.decoding.watermark.generation import check_sampling, chooser_factory
@@ -69,7 +91,9 @@ def decode(
     if key is not None:
         check_vocabulary(key, lm.tokenizer, model)
         config.chooser_factory = chooser_factory(key)
-    decoder = method_cls(lm, config)
+    if draft is not None:
+        options["draft"] = load_model(draft, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    decoder = method_cls(lm, config, **options)
     stream = None if json else _write_stdout
     result = decoder.generate(Prompt.from_text(lm, text, chat=chat), on_text=stream)
     if json:

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from tokeff.cli.options import Device, Dtype, Json, TrustRemoteCode
 from tokeff.core import console
+from tokeff.core.errors import TokeffError
 
 app = typer.Typer(help="Measure models.", no_args_is_help=True)
 
@@ -21,6 +22,16 @@ def bpb(
     max_bytes: Annotated[int | None, typer.Option(help="Score only the first N bytes.")] = None,
     context: Annotated[int, typer.Option(help="Tokens per window.")] = 1024,
     stride: Annotated[int | None, typer.Option(help="Tokens between window starts (default: context / 2).")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="Score in decode order through a bounded cache (sink, h2o), beside the full cache."),
+    ] = None,
+    chunk: Annotated[int, typer.Option(help="With --method: tokens per model call (1 is exact decode order).")] = 1,
+    sinks: Annotated[int | None, typer.Option(help="sink: attention-sink tokens kept (default 4).")] = None,
+    window: Annotated[
+        int | None, typer.Option(help="sink: recent tokens kept (default 1020); h2o: recent part of the budget.")
+    ] = None,
+    kv_budget: Annotated[int | None, typer.Option(help="h2o: positions kept per layer and head (default 512).")] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
     trust_remote_code: TrustRemoteCode = False,
@@ -31,6 +42,12 @@ def bpb(
     from tokeff.core.textio import read_text
 
     text = read_text(file, max_bytes)
+    if method is not None:
+        _bounded_bpb(file, model, text, method, context, chunk, dict(sinks=sinks, window=window, kv_budget=kv_budget),
+                     device, dtype, trust_remote_code, json)
+        return
+    if chunk != 1 or sinks is not None or window is not None or kv_budget is not None:
+        raise TokeffError("--chunk, --sinks, --window and --kv-budget apply only with --method")
     lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     from tokeff.core.evaluation import bits_per_byte  # imports torch: only once the inputs are known good
     result = bits_per_byte(lm, text, context=context, stride=stride)
@@ -44,3 +61,36 @@ def bpb(
         f"{result.bytes / result.tokens:.2f}", f"{result.seconds:.1f}",
     )
     console.stdout.print(table)
+
+
+def _bounded_bpb(
+    file: Path, model: str, text: str, method: str, context: int, chunk: int, options: dict,
+    device: str, dtype: str, trust_remote_code: bool, json: bool,
+) -> None:
+    from tokeff.core.models import load_model
+    from tokeff.decoding import get_method
+    from tokeff.decoding.bounded import BoundedCacheMethod, bounded_cache_bpb
+    from tokeff.decoding.types import DecodeConfig
+
+    method_cls = get_method(method)
+    if not issubclass(method_cls, BoundedCacheMethod):
+        raise TokeffError(f"--method {method} does not bound the cache; eval bpb --method takes sink or h2o")
+    if chunk < 1:
+        raise TokeffError(f"--chunk must be >= 1, got {chunk}")
+    options = {name: value for name, value in options.items() if value is not None}
+    method_cls.check_options(options)
+    lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    payload = {"model": model, "file": str(file), **bounded_cache_bpb(method_cls(lm, DecodeConfig(), **options), text, context, chunk).to_json()}
+    if json:
+        console.emit_json(payload)
+        return
+    table = Table("", method, "full cache")
+    table.add_row("bits/byte", f"{payload['bpb']:.4f}", f"{payload['full_cache_bpb']:.4f}")
+    table.add_row("KV cache", _size(payload["kv_bytes"]), _size(payload["full_cache_kv_bytes"]))
+    table.add_row("context", f"{context:,} tokens in decode order", f"{payload['full_cache_context']:,} tokens")
+    console.stdout.print(table)
+    console.info(f"{model}: {payload['tokens']:,} tokens, {payload['bytes']:,} bytes, {payload['seconds']:.1f} s")
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.1f} KiB"

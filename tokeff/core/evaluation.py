@@ -134,7 +134,8 @@ def bits_per_byte(
     if context < 2:
         raise TokeffError(f"--context must be at least 2, got {context}")
     limit = lm.model.config.get_text_config().max_position_embeddings
-    if limit and context > limit:
+    # A cache that bounds positions (attention sinks) runs past the model's context; the caller checks its cache.
+    if limit and context > limit and make_cache is None:
         raise TokeffError(f"--context {context} exceeds the model's {limit} positions")
     stride = stride or max(1, context // 2)
     if not 1 <= stride <= context:

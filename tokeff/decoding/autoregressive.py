@@ -11,6 +11,8 @@ from tokeff.decoding.types import DecodeResult, DecodeStats, Prompt, TextCallbac
 
 
 class Autoregressive(DecodeMethod):
+    prefill_chunk: int | None = None  # feed long prompts in pieces of this many tokens (bounded caches)
+
     def generate(self, prompt: Prompt, on_text: TextCallback | None = None) -> DecodeResult:
         if not prompt.ids:
             raise TokeffError("the prompt produced no tokens")
@@ -21,8 +23,13 @@ class Autoregressive(DecodeMethod):
         eos = self.lm.eos_token_ids if self.config.stop_at_eos else set()
         generated: list[int] = []
         feed = prompt.ids
+        chunk = self.prefill_chunk or len(feed)
+        while len(feed) > chunk:
+            runner.forward(feed[:chunk], logits_to_keep=1)
+            feed = feed[chunk:]
         while len(generated) < self.config.max_new_tokens:
-            token = chooser.choose(runner.forward(feed)[-1], prompt.ids + generated)
+            # Only the last position's logits: a 262k vocabulary makes a long prompt's full logits costly.
+            token = chooser.choose(runner.forward(feed, logits_to_keep=1)[-1], prompt.ids + generated)
             generated.append(token)
             streamer.push([token])
             if token in eos:

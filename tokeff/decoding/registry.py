@@ -23,13 +23,18 @@ class DecodeMethod(ABC):
     options: ClassVar[dict[str, Any]] = {}  # option name -> default, accepted from the CLI
 
     def __init__(self, lm: LoadedModel, config: DecodeConfig, **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
-            raise TokeffError(f"{flags} does not apply to --method {self.name}")
+        self.check_options(options)
         self.lm = lm
         self.config = config
         self.opts = {**self.options, **options}
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Rejects options this method does not take (callable before any model is loaded)."""
+        unknown = sorted(set(options) - set(cls.options))
+        if unknown:
+            flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
+            raise TokeffError(f"{flags} does not apply to --method {cls.name}")
 
     @abstractmethod
     def generate(self, prompt: Prompt, on_text: TextCallback | None = None) -> DecodeResult:

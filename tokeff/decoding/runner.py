@@ -37,4 +37,5 @@ class CachedRunner:
 
     def crop(self, length: int) -> None:
         """Forget cached positions past `length` (rejected draft tokens)."""
-        self.cache.crop(length)
+        if length < self.length:
+            self.cache.crop(length - self.length)  # transformers 5 takes the (negative) count to drop

@@ -19,10 +19,10 @@ from tokeff.tokenizers_tools.canonical import vocab_bytes
 class BruteForce:
     """Sums over token sequences that spell a text; `canonical_prefixes` applies the covering rule's first part."""
 
-    def __init__(self, lm: LoadedModel, canonical_prefixes: bool) -> None:
+    def __init__(self, lm: LoadedModel, canonical_prefixes: bool, context: list[int] | None = None) -> None:
         self.lm = lm
         self.canonical_prefixes = canonical_prefixes
-        self.context = [prefix_token_id(lm)]
+        self.context = context or [prefix_token_id(lm)]
         size = lm.model.get_output_embeddings().weight.shape[0]
         self.token_bytes = list(vocab_bytes(lm.tokenizer).token_bytes[:size])
         self.eos = sorted(i for i in lm.eos_token_ids if i < size)
@@ -33,13 +33,20 @@ class BruteForce:
             logits = self.lm.model(torch.tensor([self.context + list(path)]), use_cache=False).logits[0, -1]
         return torch.log_softmax(logits.double(), -1)
 
-    def _allowed_prefix(self, path: tuple[int, ...]) -> bool:
+    def _encode(self, data: bytes) -> tuple[int, ...]:
+        return tuple(self.lm.tokenizer(data.decode("utf-8"), add_special_tokens=False)["input_ids"])
+
+    def _allowed_prefix(self, path: tuple[int, ...], text: bytes) -> bool:
+        """The rule: `path` is the tokenizer's tokenization of the text it spells; for a cut inside a
+        character, the start of the tokenization of the text through the end of that character."""
         if not self.canonical_prefixes:
             return True
-        text = b"".join(self.token_bytes[t] for t in path)
+        end = len(b"".join(self.token_bytes[t] for t in path))
+        while end < len(text) and 0x80 <= text[end] < 0xC0:  # a continuation byte: the character goes on
+            end += 1
         try:
-            return tuple(self.lm.tokenizer(text.decode("utf-8"), add_special_tokens=False)["input_ids"]) == path
-        except UnicodeDecodeError:
+            return self._encode(text[:end])[: len(path)] == path
+        except UnicodeDecodeError:  # the text itself ends inside the character
             return False
 
     def _walk(self, text: bytes, path: tuple[int, ...], pos: int, logp: float, covers: list, complete: list) -> None:
@@ -52,7 +59,7 @@ class BruteForce:
             token_logp = logp + float(dist[token])
             if data.startswith(rest):  # a cover's last token: it reaches the end of the text or runs past it
                 covers.append(token_logp)
-            if rest.startswith(data) and self._allowed_prefix(path + (token,)):
+            if rest.startswith(data) and self._allowed_prefix(path + (token,), text):
                 if len(data) < len(rest):
                     self._walk(text, path + (token,), pos + len(data), token_logp, covers, complete)
                 else:
@@ -115,11 +122,11 @@ class CanonicalOnly(torch.nn.Module):
     def _valid_next(self, path: tuple[int, ...]) -> torch.Tensor:
         mask = torch.zeros(len(self.token_bytes), dtype=torch.bool)
         mask[self.eos] = True
-        prefix = b"".join(self.token_bytes[t] or b"" for t in path)
-        for token, data in enumerate(self.token_bytes):
-            if data and data.isascii():
-                ids = self.tokenizer(prefix.decode() + data.decode(), add_special_tokens=False)["input_ids"]
-                mask[token] = tuple(ids) == path + (token,)
+        prefix = b"".join(self.token_bytes[t] or b"" for t in path).decode()
+        candidates = [token for token, data in enumerate(self.token_bytes) if data and data.isascii()]
+        texts = [prefix + self.token_bytes[token].decode() for token in candidates]
+        for token, ids in zip(candidates, self.tokenizer(texts, add_special_tokens=False)["input_ids"]):
+            mask[token] = tuple(ids) == path + (token,)
         return mask
 
     def forward(self, input_ids, past_key_values=None, logits_to_keep=0, **kwargs):

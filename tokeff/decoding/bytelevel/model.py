@@ -206,7 +206,7 @@ class ByteLevelModel:
             (
                 q
                 for q in range(n - self.lookahead, self.start, -1)
-                if self.vocab.is_hard_boundary(text[q - 1], text[q])
+                if not 0x80 <= text[q] < 0xC0 and self.vocab.is_hard_boundary(text[q - 1], text[q])  # between characters
             ),
             None,
         )

@@ -1,0 +1,61 @@
+"""Ensembles of models with different vocabularies, combined byte by byte.
+
+Token distributions of two vocabularies cannot be added; their byte-level distributions can.
+`mix` averages the members' next-byte probabilities (a mixture: never worse, in log-loss, than
+the weighted members' log-losses combined); `product` takes their weighted geometric mean and
+renormalizes (a product of experts: sharper, rewards agreement). Weights are normalized to sum 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tokeff.core.errors import TokeffError
+from tokeff.decoding.bytelevel.model import ByteLevelModel
+
+MODES = ("mix", "product")
+
+
+def ensemble_weights(weights: list[float] | None, count: int, mode: str = "mix") -> torch.Tensor:
+    """The weights normalized to sum 1 (equal if not given), after checking them and the mode."""
+    if mode not in MODES:
+        raise TokeffError(f"--mode must be one of {', '.join(MODES)}, got '{mode}'")
+    if not weights:
+        return torch.full((count,), 1.0 / count, dtype=torch.float64)
+    if len(weights) != count:
+        raise TokeffError(f"give one --weight per --model ({count} models, {len(weights)} weights)")
+    if any(not math.isfinite(w) or w <= 0 for w in weights):
+        raise TokeffError("--weight values must be positive numbers")
+    total = sum(weights)
+    return torch.tensor([w / total for w in weights], dtype=torch.float64)
+
+
+class ByteEnsemble:
+    """Several byte-level models fed the same bytes; their next-byte distributions combined."""
+
+    def __init__(self, members: list[ByteLevelModel], weights: list[float] | None = None, mode: str = "mix") -> None:
+        if not members:
+            raise TokeffError("an ensemble needs at least one model")
+        self.members = members
+        self.weights = ensemble_weights(weights, len(members), mode)
+        self.mode = mode
+        self.member_logprobs: torch.Tensor | None = None  # [members, 257] behind the last combined distribution
+
+    def next_byte_logprobs(self) -> torch.Tensor:
+        members = torch.stack([member.next_byte_logprobs() for member in self.members])
+        self.member_logprobs = members
+        if self.mode == "mix":
+            scores = torch.logsumexp(members + self.weights.log()[:, None], dim=0)
+        else:
+            scores = (self.weights[:, None] * members).sum(0)  # -inf anywhere stays -inf (weights > 0)
+        return scores - torch.logsumexp(scores, 0)
+
+    def append(self, data: bytes | int) -> None:
+        for member in self.members:
+            member.append(data)
+
+    @property
+    def model_calls(self) -> list[int]:
+        return [member.model_calls for member in self.members]

@@ -13,6 +13,7 @@ import typer
 from tokeff.cli.options import Device, Dtype, EnsembleMode, EnsembleWeights, Json, Models, TrustRemoteCode
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
+from tokeff.core.weights import ensemble_weights
 
 
 def ensemble(
@@ -34,18 +35,17 @@ def ensemble(
     json: Json = False,
 ) -> None:
     """Stream a continuation chosen byte by byte from the models' combined next-byte distributions."""
-    from tokeff.core.models import load_model
-    from tokeff.core.textio import read_text
-    from tokeff.decoding.bytelevel import ByteEnsemble, ByteLevelModel, generate_bytes
-    from tokeff.decoding.bytelevel.ensemble import ensemble_weights
-    from tokeff.decoding.sampling import make_chooser
-    from tokeff.decoding.types import DecodeConfig
-
     if (prompt is None) == (prompt_file is None):
         raise TokeffError("give exactly one of --prompt and --prompt-file")
     if max_new_bytes < 1:
         raise TokeffError(f"--max-new-bytes must be >= 1, got {max_new_bytes}")
-    ensemble_weights(weight, len(model), mode)  # bad weights fail before any model loads
+    ensemble_weights(weight, len(model), mode)  # bad flags fail before torch is imported
+    from tokeff.core.models import load_model
+    from tokeff.core.textio import read_text
+    from tokeff.decoding.bytelevel import ByteEnsemble, ByteLevelModel, generate_bytes
+    from tokeff.decoding.sampling import make_chooser
+    from tokeff.decoding.types import DecodeConfig
+
     config = DecodeConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     chooser = make_chooser(config)
     text = read_text(prompt_file) if prompt_file is not None else prompt

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from tokeff.cli.options import Device, Dtype, EnsembleMode, EnsembleWeights, Json, Models, TrustRemoteCode
 from tokeff.core import console
+from tokeff.core.weights import ensemble_weights
 
 app = typer.Typer(help="Measure models.", no_args_is_help=True)
 
@@ -58,7 +59,6 @@ def bpb(
 
 def _ensemble_bpb(file, text, models, weights, mode, segment_bytes, device, dtype, trust_remote_code, json) -> None:
     from tokeff.core.models import load_model
-    from tokeff.decoding.bytelevel.ensemble import ensemble_weights
 
     normalized = ensemble_weights(weights, len(models), mode)  # bad weights fail before any model loads
     lms = [load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code) for spec in models]
@@ -67,7 +67,7 @@ def _ensemble_bpb(file, text, models, weights, mode, segment_bytes, device, dtyp
     result = byte_bits_per_byte(lms, text, weights, mode, segment_bytes)
     payload = {
         "models": models,
-        "weights": normalized.tolist(),
+        "weights": normalized,
         "mode": mode,
         "file": str(file),
         **result.to_json(),

@@ -8,28 +8,11 @@ renormalizes (a product of experts: sharper, rewards agreement). Weights are nor
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from tokeff.core.errors import TokeffError
+from tokeff.core.weights import ensemble_weights
 from tokeff.decoding.bytelevel.model import ByteLevelModel
-
-MODES = ("mix", "product")
-
-
-def ensemble_weights(weights: list[float] | None, count: int, mode: str = "mix") -> torch.Tensor:
-    """The weights normalized to sum 1 (equal if not given), after checking them and the mode."""
-    if mode not in MODES:
-        raise TokeffError(f"--mode must be one of {', '.join(MODES)}, got '{mode}'")
-    if not weights:
-        return torch.full((count,), 1.0 / count, dtype=torch.float64)
-    if len(weights) != count:
-        raise TokeffError(f"give one --weight per --model ({count} models, {len(weights)} weights)")
-    if any(not math.isfinite(w) or w <= 0 for w in weights):
-        raise TokeffError("--weight values must be positive numbers")
-    total = sum(weights)
-    return torch.tensor([w / total for w in weights], dtype=torch.float64)
 
 
 class ByteEnsemble:
@@ -39,7 +22,7 @@ class ByteEnsemble:
         if not members:
             raise TokeffError("an ensemble needs at least one model")
         self.members = members
-        self.weights = ensemble_weights(weights, len(members), mode)
+        self.weights = torch.tensor(ensemble_weights(weights, len(members), mode), dtype=torch.float64)
         self.mode = mode
         self.member_logprobs: torch.Tensor | None = None  # [members, 257] behind the last combined distribution
 

@@ -13,6 +13,7 @@ import torch
 
 from tokeff.core.evaluation import prefix_token_id
 from tokeff.core.models import LoadedModel
+from tokeff.decoding.bytelevel.prefixes import LOOKAHEAD_PROBES
 from tokeff.tokenizers_tools.canonical import vocab_bytes
 
 
@@ -37,15 +38,18 @@ class BruteForce:
         return tuple(self.lm.tokenizer(data.decode("utf-8"), add_special_tokens=False)["input_ids"])
 
     def _allowed_prefix(self, path: tuple[int, ...], text: bytes) -> bool:
-        """The rule: `path` is the tokenizer's tokenization of the text it spells; for a cut inside a
-        character, the start of the tokenization of the text through the end of that character."""
+        """The rule: `path` starts the tokenizer's tokenization of the text it spells, alone or followed by
+        a lookahead probe; for a cut inside a character, of the text through the end of that character."""
         if not self.canonical_prefixes:
             return True
         end = len(b"".join(self.token_bytes[t] for t in path))
-        while end < len(text) and 0x80 <= text[end] < 0xC0:  # a continuation byte: the character goes on
-            end += 1
+        suffixes = [b""] + [probe.encode() for probe in LOOKAHEAD_PROBES]
+        if end < len(text) and 0x80 <= text[end] < 0xC0:  # a continuation byte: the character goes on
+            suffixes = [b""]
+            while end < len(text) and 0x80 <= text[end] < 0xC0:
+                end += 1
         try:
-            return self._encode(text[:end])[: len(path)] == path
+            return any(self._encode(text[:end] + suffix)[: len(path)] == path for suffix in suffixes)
         except UnicodeDecodeError:  # the text itself ends inside the character
             return False
 
@@ -124,9 +128,10 @@ class CanonicalOnly(torch.nn.Module):
         mask[self.eos] = True
         prefix = b"".join(self.token_bytes[t] or b"" for t in path).decode()
         candidates = [token for token, data in enumerate(self.token_bytes) if data and data.isascii()]
-        texts = [prefix + self.token_bytes[token].decode() for token in candidates]
-        for token, ids in zip(candidates, self.tokenizer(texts, add_special_tokens=False)["input_ids"]):
-            mask[token] = tuple(ids) == path + (token,)
+        for suffix in ("",) + LOOKAHEAD_PROBES:  # canonical: it starts the tokenization of some text
+            texts = [prefix + self.token_bytes[token].decode() + suffix for token in candidates]
+            for token, ids in zip(candidates, self.tokenizer(texts, add_special_tokens=False)["input_ids"]):
+                mask[token] |= tuple(ids[: len(path) + 1]) == path + (token,)
         return mask
 
     def forward(self, input_ids, past_key_values=None, logits_to_keep=0, **kwargs):

@@ -40,11 +40,12 @@ def test_scatter_kernels_agree():
     assert torch.isneginf(scatter_logsumexp(values, bins, 258)[250:]).all()
 
 
-@pytest.mark.parametrize("text", [b"to be, or not", b"ret"])
+@pytest.mark.parametrize("text", [b"to be, or not", b"ret", b"x\n\n\n  if"])
 def test_byte_probability_is_the_sum_over_covers(lm, text):
     """The covering rule on the raw model: covers whose first tokens are the tokenizer's tokenization of what they spell.
 
-    "to be, or not" is longer than the pre-tokenizer lookahead, so the trunk moves past hard boundaries.
+    "to be, or not" is longer than the pre-tokenizer lookahead, so the trunk moves past hard boundaries;
+    whitespace runs before a word are where a regex pre-tokenizer's lookahead matters.
     """
     model = _scored(lm, text)
     assert model.start > 0 or len(text) < 9

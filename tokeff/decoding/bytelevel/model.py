@@ -8,14 +8,15 @@ the probability of the tokenization of x followed by an end-of-sequence token.
 
 Covering rule (which covers are summed, and why the sum is exact):
 
-1. The first k-1 tokens of a cover are the tokenizer's own tokenization of x[:m] (`prefixes.py`).
-   The model only ever saw tokenizer output, so these are the covers the lemma keeps (its
-   "valid" encodings). For BPE (both built-in models) canonical tokenizations are closed under
-   prefixes: a token sequence is a prefix of some text's tokenization iff it is the tokenization
-   of its own bytes, so each x[:m] has exactly one such prefix and no valid cover is missed. The
-   one exception is pre-tokenizer lookahead (GPT-2's `\\s+(?!\\S)` splits a run of spaces so its
-   last space joins the next word): a run of spaces followed by a character that BPE does not
-   merge with the space. The tests measure how often real text meets it.
+1. The first k-1 tokens of a cover are a tokenization the tokenizer itself gives x[:m]
+   (`prefixes.py`): as if the text ended there, or cut just before a character of each class a
+   regex pre-tokenizer distinguishes. The model only ever saw tokenizer output, so these are the
+   covers the lemma keeps (its "valid" encodings). For BPE (both built-in models) canonical
+   tokenizations are closed under prefixes: a prefix of the tokenization of a text, ending at
+   byte m, is the tokenization of x[:m], so no valid cover is missed. Pre-tokenizer lookahead
+   breaks that closure (GPT-2's `\\s+(?!\\S)`: alone, "\\n\\n\\n" is one token, before "def" it
+   is two, because the run's last whitespace starts a new pre-token; about 1% of smollm2's token
+   boundaries in Python code), which is what the probes restore.
 2. A position between two bytes that occur together in no token is a *hard boundary*: every
    tokenization of the text splits there, whatever the merges or the pre-tokenizer (a
    pre-tokenizer boundary between a word and a space or a bracket is one). Tokens before the

@@ -1,9 +1,11 @@
-"""The tokenizer's own tokenization of every prefix of a text: the internal nodes of the covering tree.
+"""The tokenizer's own tokenizations of every prefix of a text: the internal nodes of the covering tree.
 
-A prefix is tokenized exactly as the tokenizer would tokenize it if the text ended there (its
-normalizer, pre-tokenizer, added tokens, merges and byte fallback all apply), so no tokenizer is
-re-implemented here. Two cases need more than `encode`, because a prefix may end inside a
-multi-byte UTF-8 character, which is not a string:
+A prefix is tokenized exactly as the tokenizer would tokenize it (its normalizer, pre-tokenizer,
+added tokens, merges and byte fallback all apply), so no tokenizer is re-implemented here: once
+as if the text ended there, and once cut just before each lookahead probe (a character of each
+class a regex pre-tokenizer tells apart), because what follows can move the last pre-token
+boundary. Two cases need more than `encode`, because a prefix may end inside a multi-byte UTF-8
+character, which is not a string:
 
 - byte-level BPE (GPT-2 alphabet): the text is pre-tokenized up to the end of that character and
   the piece holding the cut is run through the BPE model up to the cut (the BPE model works on
@@ -27,6 +29,11 @@ from tokeff.tokenizers_tools.canonical import TokenizerFamily, gpt2_byte_decoder
 Path = tuple[int, ...]
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MEMO_LIMIT = 50_000
+# One character of each class a regex pre-tokenizer tells apart (letter, digit, symbol, space,
+# other whitespace): what follows a prefix can move its last pre-token boundary (GPT-2's
+# `\s+(?!\S)` gives the last space of a run to the next word), and the tokenizations of the
+# prefix cut before each probe include every such split.
+LOOKAHEAD_PROBES = ("a", "0", ".", " ", "\n")
 
 
 class PrefixTokenizer:
@@ -73,7 +80,13 @@ class PrefixTokenizer:
 
     def _tokenize(self, data: bytes, cut: int, rest: bytes) -> list[Path]:
         if cut == len(data):
-            return [self.encode(data.decode("utf-8"))]
+            text = data.decode("utf-8")
+            paths = [self.encode(text)]
+            for probe in LOOKAHEAD_PROBES:  # pre-tokenizer lookahead: the prefix as it is cut before what follows
+                path = self._cut(self.encode(text + probe), len(data))
+                if path is not None and path not in paths:
+                    paths.append(path)
+            return paths
         if self.family is TokenizerFamily.BYTE_LEVEL:
             return self._byte_level_split(data, cut, rest)
         if self.byte_fallback:
@@ -107,13 +120,8 @@ class PrefixTokenizer:
 
     def _byte_fallback_split(self, data: bytes, cut: int, rest: bytes) -> list[Path]:
         if rest:  # keep the complete tokenization's cut at this byte, if it has one
-            tokens = self.encode((data + rest).decode("utf-8"))
-            position = 0
-            for index, token in enumerate(tokens):
-                if position == len(data):
-                    return [tokens[:index]]
-                position += len(self.vocab.token_bytes[token] or b"")
-            return []
+            path = self._cut(self.encode((data + rest).decode("utf-8")), len(data))
+            return [] if path is None else [path]
         fallback = [self.vocab.single_byte_token(byte) for byte in data[cut:]]
         if None in fallback:
             return []
@@ -121,7 +129,10 @@ class PrefixTokenizer:
 
     def boundary_tokens(self, data: bytes, boundary: int) -> Path | None:
         """The tokens of `data` (its complete characters) that end at byte `boundary`, if one ends there."""
-        tokens = self.encode(data[: partial_start(data)].decode("utf-8"))
+        return self._cut(self.encode(data[: partial_start(data)].decode("utf-8")), boundary)
+
+    def _cut(self, tokens: Path, boundary: int) -> Path | None:
+        """The first tokens, spelling exactly `boundary` bytes; None if a token straddles that byte."""
         position = 0
         for index, token in enumerate(tokens):
             if position == boundary:

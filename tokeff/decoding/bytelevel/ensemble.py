@@ -27,13 +27,8 @@ class ByteEnsemble:
         self.member_logprobs: torch.Tensor | None = None  # [members, 257] behind the last combined distribution
 
     def next_byte_logprobs(self) -> torch.Tensor:
-        members = torch.stack([member.next_byte_logprobs() for member in self.members])
-        self.member_logprobs = members
-        if self.mode == "mix":
-            scores = torch.logsumexp(members + self.weights.log()[:, None], dim=0)
-        else:
-            scores = (self.weights[:, None] * members).sum(0)  # -inf anywhere stays -inf (weights > 0)
-        return scores - torch.logsumexp(scores, 0)
+        self.member_logprobs = torch.stack([member.next_byte_logprobs() for member in self.members])
+        return combine(self.member_logprobs, self.weights, self.mode)
 
     def append(self, data: bytes | int) -> None:
         for member in self.members:
@@ -42,3 +37,12 @@ class ByteEnsemble:
     @property
     def model_calls(self) -> list[int]:
         return [member.model_calls for member in self.members]
+
+
+def combine(member_logprobs: torch.Tensor, weights: torch.Tensor, mode: str) -> torch.Tensor:
+    """Next-byte log-probabilities [members, 257] combined into one normalized distribution."""
+    if mode == "mix":
+        scores = torch.logsumexp(member_logprobs + weights.log()[:, None], dim=0)
+    else:
+        scores = (weights[:, None] * member_logprobs).sum(0)  # -inf anywhere stays -inf (weights > 0)
+    return scores - torch.logsumexp(scores, 0)

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tokeff.cli import artifacts, decode, evaluate, models, transplant, watermark
+from tokeff.cli import artifacts, decode, ensemble, evaluate, models, transplant, watermark
 from tokeff.core.errors import TokeffError
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.command("inspect")(artifacts.inspect)
 app.command("verify")(artifacts.verify)
 app.command("decode")(decode.decode)
 app.command("transplant")(transplant.transplant)
+app.command("ensemble")(ensemble.ensemble)
 
 
 def _quiet_libraries() -> None:

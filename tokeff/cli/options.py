@@ -13,3 +13,7 @@ TrustRemoteCode = Annotated[
     bool, typer.Option("--trust-remote-code", help="Allow model code from the model folder (off by default).")
 ]
 Output = Annotated[Path, typer.Option("-o", "--output", help="Output artifact folder.")]
+# Several models combined byte by byte (`tokeff ensemble`, `tokeff eval bpb` with more than one --model).
+Models = Annotated[list[str], typer.Option("--model", "-m", help="Built-in name, .gguf file, folder or hub id (repeatable).")]
+EnsembleWeights = Annotated[list[float] | None, typer.Option("--weight", help="One weight per --model (default: equal).")]
+EnsembleMode = Annotated[str, typer.Option(help="mix: average the byte probabilities; product: weighted geometric mean.")]

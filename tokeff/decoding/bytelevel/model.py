@@ -1,0 +1,222 @@
+"""A tokenized language model as an exact model over bytes (the Byte-Token Representation Lemma).
+
+The probability that the model's output starts with the bytes x is the sum, over the *covers*
+of x, of the cover's probability. A cover is a token sequence t_1..t_k whose first k-1 tokens
+spell a prefix x[:m] (m < n) and whose last token starts with the rest x[m:] (it may run past
+the end). The next-byte distribution follows: P(x + b) sums the covers of x + b, P(x + end) is
+the probability of the tokenization of x followed by an end-of-sequence token.
+
+Covering rule (which covers are summed, and why the sum is exact):
+
+1. The first k-1 tokens of a cover are a tokenization the tokenizer itself gives x[:m]
+   (`prefixes.py`): as if the text ended there, or cut just before a character of each class a
+   regex pre-tokenizer distinguishes. The model only ever saw tokenizer output, so these are the
+   covers the lemma keeps (its "valid" encodings). For BPE (both built-in models) canonical
+   tokenizations are closed under prefixes: a prefix of the tokenization of a text, ending at
+   byte m, is the tokenization of x[:m], so no valid cover is missed. Pre-tokenizer lookahead
+   breaks that closure (GPT-2's `\\s+(?!\\S)`: alone, "\\n\\n\\n" is one token, before "def" it
+   is two, because the run's last whitespace starts a new pre-token; about 1% of smollm2's token
+   boundaries in Python code), which is what the probes restore.
+2. A position between two bytes that occur together in no token is a *hard boundary*: every
+   tokenization of the text splits there, whatever the merges or the pre-tokenizer (a
+   pre-tokenizer boundary between a word and a space or a bracket is one). Tokens before the
+   last hard boundary are fixed (the trunk, tokenized with the lookahead a pre-tokenizer needs),
+   and no cover's token crosses it. This keeps the covering tree a few tokens deep.
+3. The last token of a cover is any token whose bytes continue the text. Checking that the pair
+   it forms with the token before it is a canonical merge would need the whole vocabulary per
+   node; a model that never saw such pairs gives them no probability, which is all the lemma
+   asks, and `tests/test_bytelevel.py` checks the sum against brute force both ways: against the
+   covers this rule names on the raw model, and against *all* tokenizations on a model that
+   puts no mass on non-canonical ones.
+
+Efficiency: the covering tree's nodes (tokenizations of prefixes) share the trunk and most of
+their tokens, so one KV cache serves them all: a new node crops the cache to the longest common
+prefix and feeds only its new tokens, about one model call of one token per byte. A node keeps
+its next-token log-probabilities while the text can still reach it, and the scatter onto 256
+bytes + end is one vectorized kernel call (`tokeff/kernels/byte_scatter.py`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import DynamicCache
+
+from tokeff.core.errors import TokeffError
+from tokeff.core.evaluation import prefix_token_id
+from tokeff.core.models import LoadedModel
+from tokeff.decoding.bytelevel.prefixes import Path, PrefixTokenizer
+from tokeff.decoding.bytelevel.utf8 import allowed_next, partial_start
+from tokeff.decoding.bytelevel.vocab import END, N_BINS, ByteVocab
+from tokeff.decoding.runner import CachedRunner
+from tokeff.decoding.types import DecodeStats
+from tokeff.kernels.byte_scatter import scatter_logsumexp
+
+
+class _Node:
+    """A token sequence after the trunk: its log-probability and the next-token log-probabilities after it."""
+
+    __slots__ = ("logp", "dist", "children")
+
+    def __init__(self, logp: float | None) -> None:
+        self.logp = logp
+        self.dist: torch.Tensor | None = None
+        self.children: dict[int, _Node] = {}
+
+
+class ByteLevelModel:
+    """Next-byte distributions of a tokenized LM for a text that grows one byte at a time.
+
+    `text` is a prompt whose own probability is not needed (generation); text added with
+    `append` is scored, so `prefix_logprob` is the log-probability of everything appended.
+    `context_ids` are the tokens before the text (default: the model's document-boundary token).
+    """
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        text: bytes | str = b"",
+        context_ids: list[int] | None = None,
+        stats: DecodeStats | None = None,
+        lookahead: int = 8,
+    ) -> None:
+        self.lm = lm
+        self.vocab = ByteVocab.for_model(lm)
+        self._first_bin = self.vocab.first_bin.to(lm.device)
+        self.prefixes = PrefixTokenizer.for_model(lm)
+        self.stats = stats if stats is not None else DecodeStats()
+        # A plain DynamicCache: its layers can be cropped anywhere, sliding-window ones included.
+        self.runner = CachedRunner(lm, self.stats, DynamicCache())
+        self.lookahead = lookahead  # bytes a pre-tokenizer may look ahead past a hard boundary
+        self.trunk: list[int] = list(context_ids) if context_ids else [prefix_token_id(lm)]
+        self.text = bytearray()
+        self.start = 0  # byte offset in `text` where the trunk ends
+        self.root = _Node(0.0)
+        self.scored = True  # root.logp is the log-probability of text[:start]
+        self._cached: list[int] = []  # the tokens whose keys and values the cache holds
+        self._next: torch.Tensor | None = None
+        if text:
+            self.text += text.encode("utf-8") if isinstance(text, str) else text
+            self.scored = False
+            self._commit(scored=False)
+
+    # --- public API ---------------------------------------------------------------------------
+
+    def append(self, data: bytes | int) -> None:
+        """Extend the text (the probability of what is appended is accounted for)."""
+        for byte in [data] if isinstance(data, int) else data:
+            self.text.append(byte)
+            self._commit(scored=True)  # byte by byte, so a long append never computes a long path at once
+        self._next = None
+
+    def next_byte_logprobs(self) -> torch.Tensor:
+        """log P(next byte | text) over 257 outcomes (bytes 0-255, then END), float64, summing to 1."""
+        if self._next is None:
+            values, bins = [], []
+            n = len(self.text)
+            for m, node in self._live_nodes():
+                if m == n:  # continue with any token; END is an end-of-sequence token
+                    values.append(node.dist.double() + node.logp)
+                    bins.append(self._first_bin)
+                else:  # the covers of text[m:]: tokens that start with it, binned by their next byte
+                    ids, token_bins = self.vocab.next_bins(bytes(self.text[m:n]))
+                    values.append(node.dist[ids.to(node.dist.device)].double() + node.logp)
+                    bins.append(token_bins.to(node.dist.device))
+            scores = scatter_logsumexp(torch.cat(values), torch.cat(bins), N_BINS).cpu()
+            scores[~allowed_next(self.text)] = -math.inf
+            scores = scores[: END + 1]
+            total = torch.logsumexp(scores, 0)
+            if not torch.isfinite(total):
+                raise TokeffError("no tokenization of the model can continue this text")
+            self._next = scores - total
+        return self._next
+
+    def prefix_logprob(self) -> float:
+        """log of the sum over the covers of the appended text: the lemma's byte-level probability."""
+        if not self.scored:
+            raise TokeffError("the probability of a prompt given at construction is not computed; use append")
+        n = len(self.text)
+        if n == 0:
+            return 0.0
+        terms = [self.root.logp] if self.start == n else []
+        for m in range(max(self.start, n - self.vocab.max_len), n):
+            ids = self.vocab.extending(bytes(self.text[m:n]))
+            if len(ids):
+                for path in self.prefixes.tokenizations(bytes(self.text[self.start : m]), bytes(self.text[m:])):
+                    node = self._ensure(path)
+                    terms.append(float(torch.logsumexp(node.dist[ids.to(node.dist.device)].double(), 0)) + node.logp)
+        return float(torch.logsumexp(torch.tensor(terms, dtype=torch.float64), 0)) if terms else -math.inf
+
+    @property
+    def model_calls(self) -> int:
+        return self.stats.forward_passes
+
+    # --- the covering tree --------------------------------------------------------------------
+
+    def _live_nodes(self) -> list[tuple[int, _Node]]:
+        """(m, node) for every prefix text[:m] from which a cover can still continue the text."""
+        n = len(self.text)
+        live = []
+        for m in range(max(self.start, n - self.vocab.max_len), n + 1):
+            if m < n and not self.vocab.has_longer(bytes(self.text[m:n])):
+                continue
+            for path in self.prefixes.tokenizations(bytes(self.text[self.start : m]), bytes(self.text[m:])):
+                live.append((m, self._ensure(path)))
+        return live
+
+    def _ensure(self, path: Path) -> _Node:
+        """The node for `path` (tokens after the trunk), with its distribution computed by one model call if missing."""
+        nodes = [self.root]
+        for token in path:
+            parent = nodes[-1]
+            child = parent.children.get(token)
+            if child is None:
+                logp = None if parent.dist is None or parent.logp is None else parent.logp + float(parent.dist[token])
+                child = parent.children[token] = _Node(logp)
+            nodes.append(child)
+        first = next((i for i, node in enumerate(nodes) if node.dist is None), None)
+        if first is not None:
+            self._compute(path, nodes, first)
+        return nodes[-1]
+
+    def _compute(self, path: Path, nodes: list[_Node], first: int) -> None:
+        """One model call: feed what the cache lacks of trunk + path, keep the logits from node `first` on."""
+        sequence = self.trunk + list(path)
+        needed_from = len(self.trunk) - 1 + first  # the position whose logits give nodes[first]'s distribution
+        common = 0
+        for cached, wanted in zip(self._cached, sequence):
+            if cached != wanted:
+                break
+            common += 1
+        feed_from = min(common, needed_from)
+        self.runner.crop(feed_from)
+        logits = self.runner.forward(sequence[feed_from:], logits_to_keep=len(sequence) - needed_from)
+        self._cached = sequence
+        dists = torch.log_softmax(logits, dim=-1)
+        for node, dist in zip(nodes[first:], dists):
+            node.dist = dist
+        for index in range(1, len(nodes)):
+            if nodes[index].logp is None and nodes[index - 1].logp is not None:
+                nodes[index].logp = nodes[index - 1].logp + float(nodes[index - 1].dist[path[index - 1]])
+
+    def _commit(self, scored: bool) -> None:
+        """Move the trunk to the last hard boundary that the pre-tokenizer's lookahead can no longer change."""
+        text, n = self.text, len(self.text)
+        boundary = next(
+            (
+                q
+                for q in range(n - self.lookahead, self.start, -1)
+                if not 0x80 <= text[q] < 0xC0 and self.vocab.is_hard_boundary(text[q - 1], text[q])  # between characters
+            ),
+            None,
+        )
+        if boundary is None:
+            return
+        tail = bytes(text[self.start : n])
+        tokens = self.prefixes.boundary_tokens(tail[: partial_start(tail)], boundary - self.start)
+        if tokens is None:  # the tokenizer did not split there after all (cannot happen for a BPE)
+            return
+        self.root = self._ensure(tokens) if scored else _Node(0.0)
+        self.trunk += tokens
+        self.start = boundary

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tokeff.cli import artifacts, decode, evaluate, models
+from tokeff.cli import artifacts, decode, evaluate, kvquant, models
 from tokeff.core.errors import TokeffError
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 app.add_typer(models.app, name="models")
 app.add_typer(evaluate.app, name="eval")
+app.add_typer(kvquant.app, name="kvquant")
 app.command("inspect")(artifacts.inspect)
 app.command("verify")(artifacts.verify)
 app.command("decode")(decode.decode)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tokeff.cli.options import Device, Dtype, Json, TrustRemoteCode
+from tokeff.cli.options import Device, Dtype, Json, KvQuant, KvResidual, KvSinks, TrustRemoteCode
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
 
@@ -26,6 +26,9 @@ def decode(
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the tokenizer's chat template.")] = False,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past end-of-sequence.")] = False,
     list_methods: Annotated[bool, typer.Option("--list-methods", help="List decode methods and exit.")] = False,
+    kv_quant: KvQuant = None,
+    kv_residual: KvResidual = 128,
+    kv_sinks: KvSinks = 1,
     device: Device = "auto",
     dtype: Dtype = "auto",
     trust_remote_code: TrustRemoteCode = False,
@@ -58,6 +61,11 @@ def decode(
         stop_at_eos=not ignore_eos,
     )
     lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    if kv_quant is not None:
+        from tokeff.decoding.kvcache.spec import kv_cache_factory
+
+        make_cache = kv_cache_factory(kv_quant, lm, residual=kv_residual, sinks=kv_sinks)
+        config.cache_factory = lambda _lm: make_cache()
     decoder = method_cls(lm, config)
     stream = None if json else _write_stdout
     result = decoder.generate(Prompt.from_text(lm, text, chat=chat), on_text=stream)

@@ -13,3 +13,9 @@ TrustRemoteCode = Annotated[
     bool, typer.Option("--trust-remote-code", help="Allow model code from the model folder (off by default).")
 ]
 Output = Annotated[Path, typer.Option("-o", "--output", help="Output artifact folder.")]
+KvQuant = Annotated[
+    str | None,
+    typer.Option("--kv-quant", help="Quantized KV cache: a `tokeff kvquant calibrate` artifact, or uniform:BITS (KIVI)."),
+]
+KvResidual = Annotated[int, typer.Option(help="With --kv-quant: recent tokens kept in full precision.")]
+KvSinks = Annotated[int, typer.Option(help="With --kv-quant: first tokens kept in full precision (attention sinks).")]

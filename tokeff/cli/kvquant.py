@@ -38,17 +38,18 @@ def calibrate(
     """Collect pre-RoPE keys and values on the text, fit key ranges, outliers and codebooks, write an artifact."""
     from tokeff.core.artifacts import check_output_path
     from tokeff.core.textio import read_text
+    from tokeff.surgery.kvquant import check_bits, check_outliers
 
+    check_bits(bits)
+    check_outliers(outliers)
     if group not in ("layer", "head"):
         raise TokeffError(f"--group must be 'layer' or 'head', got '{group}'")
     check_output_path(output, force)
     corpus = read_text(text)
     from tokeff.core.models import load_model
-    from tokeff.decoding.kvcache.spec import check_bits
     from tokeff.surgery.kvquant.artifact import write_calibration
     from tokeff.surgery.kvquant.calibrate import calibrate as run_calibration
 
-    check_bits(bits)
     lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     result = run_calibration(
         lm, corpus, bits=bits, outliers=outliers, per_head=group == "head", samples=samples, context=context,

@@ -11,7 +11,7 @@ from tokeff.core.models import LoadedModel
 from tokeff.decoding.kvcache.cache import QuantizedKVCache
 from tokeff.decoding.kvcache.quantizer import KVQuantizer, TensorQuantizer, uniform_codebook
 from tokeff.decoding.kvcache.rope import RotaryTables
-from tokeff.kernels.kvquant import SUPPORTED_BITS
+from tokeff.surgery.kvquant import check_bits
 
 KIVI_GROUP = 32  # tokens sharing a per-channel key range, as in KIVI
 DEFAULT_RESIDUAL = 128
@@ -26,12 +26,6 @@ def uniform_quantizers(n_layers: int, bits: int, group: int = KIVI_GROUP) -> lis
         pre_rope=False,
     )
     return [layer] * n_layers
-
-
-def check_bits(bits: int) -> int:
-    if bits not in SUPPORTED_BITS:
-        raise TokeffError(f"--bits must be one of {', '.join(map(str, SUPPORTED_BITS))}, got {bits}")
-    return bits
 
 
 def kv_cache_factory(

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from tokeff.kernels.kvquant.packing import SUPPORTED_BITS, pack_codes, packed_width, unpack_codes
+from tokeff.kernels.kvquant.packing import pack_codes, packed_width, unpack_codes
 from tokeff.kernels.kvquant.reference import dequantize_reference, rotate_half
 
 __all__ = [
-    "SUPPORTED_BITS",
     "dequantize_into",
     "dequantize_reference",
     "pack_codes",

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import torch
 
-SUPPORTED_BITS = (2, 3, 4)
-
-
 def packed_width(dim: int, bits: int) -> int:
     """Bytes per packed row of `dim` codes."""
     if dim % 8:

@@ -13,7 +13,8 @@ from tokeff.core.evaluation import prefix_token_id
 from tokeff.core.models import LoadedModel
 from tokeff.decoding.kvcache.quantizer import TensorQuantizer, uniform_codebook
 from tokeff.decoding.kvcache.rope import RotaryTables
-from tokeff.decoding.kvcache.spec import check_bits, uniform_quantizers
+from tokeff.decoding.kvcache.spec import uniform_quantizers
+from tokeff.surgery.kvquant import check_bits, check_outliers
 from tokeff.surgery.kvquant.artifact import KVCalibration
 from tokeff.surgery.kvquant.collect import Activations, collect
 from tokeff.surgery.kvquant.fit import fit_codebook, key_ranges, outliers_per_token
@@ -41,8 +42,7 @@ def calibrate(
     """Fit key ranges and codebooks on `samples` sequences of `context` tokens (the boundary token
     plus context - 1 tokens of text); the next stretch of text, if any, measures held-out error."""
     check_bits(bits)
-    if not 0 <= outliers < 0.5:
-        raise TokeffError(f"--outliers is a fraction in [0, 0.5), got {outliers}")
+    check_outliers(outliers)
     if samples < 1:
         raise TokeffError(f"--samples must be >= 1, got {samples}")
     limit = lm.model.config.get_text_config(decoder=True).max_position_embeddings

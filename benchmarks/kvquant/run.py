@@ -7,20 +7,23 @@ the cache, in segments of `--context` tokens) with the full-precision cache, the
 the uniform cache (`uniform:BITS`) and, where it supports the model, transformers' QuantizedCache
 with the optimum-quanto backend. Also: KV bytes per token, decode tokens/s against the
 full-precision cache, and the dequantization kernel (Numba) against the torch reference.
-Writes docs/kvquant.md, docs/kvquant.json and docs/kvquant.png.
+Writes docs/kvquant.md, docs/kvquant.json and docs/kvquant.png. Only the timed part (kernel and
+decode speed, at the end) holds /tmp/tokeff-bench.lock; the quality runs do not need it.
 
-    flock /tmp/tokeff-bench.lock python benchmarks/kvquant/run.py [--eval-bytes 5000] [--samples 4] [--threads 1]
+    python benchmarks/kvquant/run.py [--eval-bytes 5000] [--samples 4] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import gc
 import json
 import math
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,6 +32,18 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "wikitext2-valid.txt"
 CALIBRATION_SLICE = (0, 400_000)  # bytes of wikitext2-valid.txt the calibration may read
 EVALUATION_START = 600_000  # evaluation text starts here: never the same bytes as calibration
+LOCK = Path("/tmp/tokeff-bench.lock")  # shared by every tokeff benchmark: no timings while another one runs
+
+
+@contextmanager
+def bench_lock():
+    with LOCK.open("a") as handle:
+        print(f"waiting for {LOCK}", file=sys.stderr, flush=True)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def tensor_bytes(tensor) -> int:
@@ -100,7 +115,8 @@ def quanto_factory(lm, bits: int, residual: int):
     return (lambda: QuantizedCache("quanto", lm.model.config, nbits=bits, residual_length=residual)), None
 
 
-def run_model(name: str, args, workdir: Path) -> dict:
+def run_model(name: str, args, workdir: Path):
+    """Calibration, quality and memory for one model; returns its results and a function that times decoding."""
     from transformers import DynamicCache
 
     from tokeff.core.evaluation import bits_per_byte, prefix_token_id
@@ -153,10 +169,8 @@ def run_model(name: str, args, workdir: Path) -> dict:
     rows = []
     for label, factory in configs.items():
         made = []
-        started = time.perf_counter()
         result = bits_per_byte(lm, eval_text, context=args.context, make_cache=lambda: made.append(factory()) or made[-1],
                                chunk=args.chunk)
-        seconds = time.perf_counter() - started
         first = made[0]  # the first segment's cache: a whole segment went through it in decode order
         row = {
             "model": name,
@@ -166,7 +180,6 @@ def run_model(name: str, args, workdir: Path) -> dict:
             "ppl": math.exp(float(result.token_nll.mean())),
             "tokens": result.tokens,
             "bytes": result.bytes,
-            "eval_s": seconds,
             "kv_bytes_per_token": kv_bytes(first) / first.get_seq_length(),
             "kv_tokens": first.get_seq_length(),
         }
@@ -180,22 +193,24 @@ def run_model(name: str, args, workdir: Path) -> dict:
 
     prompt = [prefix] + eval_ids[: args.prompt_tokens - 1]
     speed_configs = ["fp", f"calibrated-{args.speed_bits}", f"uniform-{args.speed_bits}", f"quanto-{args.speed_bits}"]
-    speed = {}
-    for label in speed_configs:
-        if label in configs:
-            speed[label] = decode_speed(lm, configs[label], prompt, args.decode_tokens)
-            print(json.dumps({"model": name, "decode": label, "tokens_per_s": speed[label]}), flush=True)
-    del lm
-    gc.collect()
-    return {
+
+    def time_decoding() -> dict:
+        speed = {}
+        for label in speed_configs:
+            if label in configs:
+                speed[label] = decode_speed(lm, configs[label], prompt, args.decode_tokens)
+                print(json.dumps({"model": name, "decode": label, "tokens_per_s": speed[label]}), flush=True)
+        return speed
+
+    result = {
         "model": name,
         "rows": rows,
-        "decode_tokens_per_s": speed,
         "notes": notes,
         "calibration": {"collect_s": collect_s, "fit_s": fit_s, "tokens": args.samples * per, "samples": args.samples},
         "eval_tokens": rows[0]["tokens"],
         "eval_bytes": rows[0]["bytes"],
     }
+    return result, time_decoding
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -257,19 +272,17 @@ def write_markdown(results: list[dict], kernel: dict, args, command: str, total_
         lines += [
             f"## {result['model']}",
             "",
-            f"{result['eval_tokens']:,} evaluation tokens ({result['eval_bytes']:,} bytes). Calibration: "
-            f"{cal['tokens']:,} tokens, activations collected in {cal['collect_s']:.0f} s (forward + backward), "
-            + ", ".join(f"{bits}-bit codebooks fitted in {s:.0f} s" for bits, s in cal["fit_s"].items())
-            + ".",
+            f"{result['eval_tokens']:,} evaluation tokens ({result['eval_bytes']:,} bytes); "
+            f"{cal['tokens']:,} calibration tokens.",
             "",
-            "| cache | bits | perplexity | Δ perplexity | bits/byte | Δ bits/byte | KV bytes/token | compression | eval s |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| cache | bits | perplexity | Δ perplexity | bits/byte | Δ bits/byte | KV bytes/token | compression |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for row in result["rows"]:
             lines.append(
                 f"| {row['cache']} | {row['bits'] or 'fp32'} | {row['ppl']:.3f} | {row['delta_ppl']:+.3f} | "
                 f"{row['bpb']:.4f} | {row['delta_bpb']:+.4f} | {row['kv_bytes_per_token']:,.0f} | "
-                f"{row['compression']:.1f}x | {row['eval_s']:.0f} |"
+                f"{row['compression']:.1f}x |"
             )
         for label, reason in result["notes"].items():
             lines.append(f"\n`{label}`: not run: transformers says: {reason}")
@@ -331,14 +344,21 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     started = time.perf_counter()
-    kernel = kernel_speed()
-    print(json.dumps({"kernel": kernel}), flush=True)
-    results = []
+    results, timers = [], []
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models.split(","):
-            results.append(run_model(name, args, Path(workdir)))
+            result, timer = run_model(name, args, Path(workdir))
+            results.append(result)
+            timers.append(timer)
+    with bench_lock():
+        kernel = kernel_speed()
+        print(json.dumps({"kernel": kernel}), flush=True)
+        for result, timer in zip(results, timers):
+            result["decode_tokens_per_s"] = timer()
+    del timers
+    gc.collect()
     total_s = time.perf_counter() - started
-    command = "flock /tmp/tokeff-bench.lock python benchmarks/kvquant/run.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/kvquant/run.py " + " ".join(sys.argv[1:])
     docs = ROOT / "docs"
     docs.mkdir(exist_ok=True)
     payload = {"command": command.strip(), "args": vars(args), "seconds": total_s, "kernel": kernel, "models": results}

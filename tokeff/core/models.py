@@ -105,8 +105,6 @@ def describe_model(spec: str) -> dict[str, Any]:
     }
 
 
-
-
 def model_fingerprint(folder: Path) -> str:
     """sha256 naming a model's weights and config, for artifacts that only fit the model they were made from.
 

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tokeff.cli import artifacts, decode, ensemble, evaluate, models, transplant, watermark
+from tokeff.cli import artifacts, decode, ensemble, evaluate, kvquant, models, transplant, watermark
 from tokeff.core.errors import TokeffError
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.add_typer(models.app, name="models")
 app.add_typer(evaluate.app, name="eval")
 app.add_typer(watermark.app, name="watermark")
+app.add_typer(kvquant.app, name="kvquant")
 app.command("inspect")(artifacts.inspect)
 app.command("verify")(artifacts.verify)
 app.command("decode")(decode.decode)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tokeff.cli.options import Device, Dtype, Json, TrustRemoteCode
+from tokeff.cli.options import Device, Dtype, Json, KvQuant, KvResidual, KvSinks, TrustRemoteCode
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
 
@@ -40,6 +40,9 @@ def decode(
     ] = None,
     kv_budget: Annotated[int | None, typer.Option(help="h2o: positions kept per layer and head (default 512).")] = None,
     watermark: Annotated[Path | None, typer.Option(help="Watermark the text with this key (`tokeff watermark keygen`).")] = None,
+    kv_quant: KvQuant = None,
+    kv_residual: KvResidual = 128,
+    kv_sinks: KvSinks = 1,
     device: Device = "auto",
     dtype: Dtype = "auto",
     trust_remote_code: TrustRemoteCode = False,
@@ -91,6 +94,11 @@ def decode(
     if key is not None:
         check_vocabulary(key, lm.tokenizer, model)
         config.chooser_factory = chooser_factory(key)
+    if kv_quant is not None:
+        from tokeff.decoding.kvcache.spec import kv_cache_factory
+
+        make_cache = kv_cache_factory(kv_quant, lm, residual=kv_residual, sinks=kv_sinks)
+        config.cache_factory = lambda _lm: make_cache()
     if draft is not None:
         options["draft"] = load_model(draft, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     decoder = method_cls(lm, config, **options)

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tokeff.cli.options import Device, Dtype, EnsembleMode, EnsembleWeights, Json, Models, TrustRemoteCode
+from tokeff.cli.options import (
+    Device, Dtype, EnsembleMode, EnsembleWeights, Json, KvQuant, KvResidual, KvSinks, Models, TrustRemoteCode,
+)
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
 from tokeff.core.weights import ensemble_weights
@@ -27,12 +29,19 @@ def bpb(
         str | None,
         typer.Option(help="Score in decode order through a bounded cache (sink, h2o), beside the full cache."),
     ] = None,
-    chunk: Annotated[int, typer.Option(help="With --method: tokens per model call (1 is exact decode order).")] = 1,
     sinks: Annotated[int | None, typer.Option(help="sink: attention-sink tokens kept (default 4).")] = None,
     window: Annotated[
         int | None, typer.Option(help="sink: recent tokens kept (default 1020); h2o: recent part of the budget.")
     ] = None,
     kv_budget: Annotated[int | None, typer.Option(help="h2o: positions kept per layer and head (default 512).")] = None,
+    kv_quant: KvQuant = None,
+    kv_residual: KvResidual = 128,
+    kv_sinks: KvSinks = 1,
+    chunk: Annotated[
+        int | None,
+        typer.Option(help="With --method or --kv-quant: tokens per model call in decode order "
+                          "(1 is exactly generation; default 1 with --method, 16 with --kv-quant)."),
+    ] = None,
     weight: EnsembleWeights = None,
     mode: EnsembleMode = "mix",
     segment_bytes: Annotated[int, typer.Option(help="Ensembles: bytes per segment scored from a fresh context.")] = 2048,
@@ -50,21 +59,35 @@ def bpb(
 
     text = read_text(file, max_bytes)
     if len(model) > 1:
-        if method is not None:
-            raise TokeffError("--method scores one model; give a single --model with it")
+        if method is not None or kv_quant is not None:
+            raise TokeffError("--method and --kv-quant score one model; give a single --model with them")
         _ensemble_bpb(file, text, model, weight, mode, segment_bytes, device, dtype, trust_remote_code, json)
         return
     model = model[0]
+    if chunk is not None and chunk < 1:
+        raise TokeffError(f"--chunk must be >= 1, got {chunk}")
     if method is not None:
-        _bounded_bpb(file, model, text, method, context, chunk, dict(sinks=sinks, window=window, kv_budget=kv_budget),
-                     device, dtype, trust_remote_code, json)
+        if kv_quant is not None:
+            raise TokeffError("--method and --kv-quant do not combine in eval bpb")
+        _bounded_bpb(file, model, text, method, context, chunk or 1,
+                     dict(sinks=sinks, window=window, kv_budget=kv_budget), device, dtype, trust_remote_code, json)
         return
-    if chunk != 1 or sinks is not None or window is not None or kv_budget is not None:
-        raise TokeffError("--chunk, --sinks, --window and --kv-budget apply only with --method")
+    if sinks is not None or window is not None or kv_budget is not None:
+        raise TokeffError("--sinks, --window and --kv-budget apply only with --method")
+    if chunk is not None and kv_quant is None:
+        raise TokeffError("--chunk applies only with --method or --kv-quant")
+    chunk = chunk or 16
     lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     from tokeff.core.evaluation import bits_per_byte  # imports torch: only once the inputs are known good
-    result = bits_per_byte(lm, text, context=context, stride=stride)
+    make_cache = None
+    if kv_quant is not None:
+        from tokeff.decoding.kvcache.spec import kv_cache_factory
+
+        make_cache = kv_cache_factory(kv_quant, lm, residual=kv_residual, sinks=kv_sinks)
+    result = bits_per_byte(lm, text, context=context, stride=stride, make_cache=make_cache, chunk=chunk)
     payload = {"model": model, "file": str(file), **result.to_json()}
+    if kv_quant is not None:
+        payload.update(kv_quant=kv_quant, kv_residual=kv_residual, kv_sinks=kv_sinks, chunk=chunk)
     if json:
         console.emit_json(payload)
         return

@@ -17,3 +17,10 @@ Output = Annotated[Path, typer.Option("-o", "--output", help="Output artifact fo
 Models = Annotated[list[str], typer.Option("--model", "-m", help="Built-in name, .gguf file, folder or hub id (repeatable).")]
 EnsembleWeights = Annotated[list[float] | None, typer.Option("--weight", help="One weight per --model (default: equal).")]
 EnsembleMode = Annotated[str, typer.Option(help="mix: average the byte probabilities; product: weighted geometric mean.")]
+# A quantized KV cache (`tokeff decode`, `tokeff eval bpb`).
+KvQuant = Annotated[
+    str | None,
+    typer.Option("--kv-quant", help="Quantized KV cache: a `tokeff kvquant calibrate` artifact, or uniform:BITS (KIVI)."),
+]
+KvResidual = Annotated[int, typer.Option(help="With --kv-quant: recent tokens kept in full precision.")]
+KvSinks = Annotated[int, typer.Option(help="With --kv-quant: first tokens kept in full precision (attention sinks).")]

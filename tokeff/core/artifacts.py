@@ -37,6 +37,7 @@ FORMAT_VERSION = 1
 # returns a list of problems.
 KIND_CHECKS: dict[str, str] = {
     "watermark-key": "tokeff.decoding.watermark.keys:check_key_artifact",
+    "kvquant": "tokeff.surgery.kvquant.artifact:check_artifact",
 }
 
 

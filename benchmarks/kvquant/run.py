@@ -1,0 +1,391 @@
+"""Calibrated KV-cache quantization against the uniform KIVI recipe and transformers' quantized cache.
+
+For each built-in model, in one run: calibrate (keys and values collected once on one part of
+WikiText-2, codebooks fitted at each bit width and written as verified `kvquant` artifacts), then
+score another part of WikiText-2 in decode order (the text fed `--chunk` tokens per call through
+the cache, in segments of `--context` tokens) with the full-precision cache, the calibrated cache,
+the uniform cache (`uniform:BITS`) and, where it supports the model, transformers' QuantizedCache
+with the optimum-quanto backend. Also: KV bytes per token, decode tokens/s against the
+full-precision cache, and the dequantization kernel (Numba) against the torch reference.
+Writes docs/kvquant.md, docs/kvquant.json and docs/kvquant.png. Only the timed part (kernel and
+decode speed, at the end) holds /tmp/tokeff-bench.lock; the quality runs do not need it.
+
+    python benchmarks/kvquant/run.py [--eval-bytes 5000] [--samples 4] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import gc
+import json
+import math
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data" / "wikitext2-valid.txt"
+CALIBRATION_SLICE = (0, 400_000)  # bytes of wikitext2-valid.txt the calibration may read
+EVALUATION_START = 600_000  # evaluation text starts here: never the same bytes as calibration
+LOCK = Path("/tmp/tokeff-bench.lock")  # shared by every tokeff benchmark: no timings while another one runs
+
+
+@contextmanager
+def bench_lock(wait_s: float):
+    """Yields True holding the lock, or False if other benchmarks kept it for `wait_s` seconds."""
+    with LOCK.open("a") as handle:
+        print(f"waiting for {LOCK}", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    yield False
+                    return
+                time.sleep(5)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def tensor_bytes(tensor) -> int:
+    """Bytes of a tensor, looking inside tensor subclasses (quanto's packed tensors)."""
+    if hasattr(tensor, "__tensor_flatten__") and type(tensor) is not torch.Tensor:
+        names, _ = tensor.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
+def kv_bytes(cache) -> int:
+    """tokeff caches report `nbytes`; for transformers' caches, count residual and quantized tensors."""
+    from tokeff.decoding.types import cache_nbytes
+
+    if hasattr(cache, "nbytes"):
+        return int(cache.nbytes)
+    total = cache_nbytes(cache)
+    for layer in cache.layers:
+        for packed in (getattr(layer, "_quantized_keys", None), getattr(layer, "_quantized_values", None)):
+            if packed is not None:
+                total += tensor_bytes(packed)
+    return total
+
+
+def decode_speed(lm, make_cache, prompt: list[int], steps: int) -> float:
+    """Greedy decode tokens/s after a prefill of `prompt` (the prefill is not timed)."""
+    cache = make_cache()
+    with torch.inference_mode():
+        logits = lm.model(input_ids=torch.tensor([prompt]), past_key_values=cache, use_cache=True).logits
+        token = int(logits[0, -1].argmax())
+        started = time.perf_counter()
+        for _ in range(steps):
+            logits = lm.model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits
+            token = int(logits[0, -1].argmax())
+    return steps / (time.perf_counter() - started)
+
+
+def kernel_speed(repeats: int = 20) -> dict:
+    """One layer's worth of dequantization (3 KV heads x 2048 tokens x 64 channels, 3-bit, pre-RoPE keys)."""
+    from tokeff.kernels.kvquant import dequantize_into, pack_codes
+
+    heads, n, dim, bits = 3, 2048, 64, 3
+    codes = pack_codes(torch.randint(0, 2**bits, (1, heads, n, dim)), bits)
+    book = torch.linspace(-1, 1, 2**bits)[None]
+    center, half = torch.randn(1, heads, 1, dim), torch.rand(1, heads, 1, dim) + 0.1
+    idx = torch.randint(0, dim, (1, heads, n, 1), dtype=torch.uint8)
+    val = torch.randn(1, heads, n, 1).half()
+    angles = torch.rand(n, dim // 2)
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    out = torch.empty(1, heads, n, dim)
+    times = {}
+    for backend in ("torch", "numba"):
+        dequantize_into(out, 0, codes, bits, book, center, half, idx, val, 0, cos, sin, backend=backend)  # warm-up
+        started = time.perf_counter()
+        for _ in range(repeats):
+            dequantize_into(out, 0, codes, bits, book, center, half, idx, val, 0, cos, sin, backend=backend)
+        times[backend] = (time.perf_counter() - started) / repeats * 1000
+    return {"torch_ms": times["torch"], "numba_ms": times["numba"], "speedup": times["torch"] / times["numba"]}
+
+
+def quanto_factory(lm, bits: int, residual: int):
+    """transformers' QuantizedCache (quanto backend, its defaults: per-channel groups of 64), or the reason it cannot run."""
+    from transformers import QuantizedCache
+
+    try:
+        QuantizedCache("quanto", lm.model.config, nbits=bits, residual_length=residual)
+    except (ImportError, ValueError) as exc:
+        return None, str(exc).splitlines()[0]
+    return (lambda: QuantizedCache("quanto", lm.model.config, nbits=bits, residual_length=residual)), None
+
+
+def run_model(name: str, args, workdir: Path):
+    """Calibration, quality and memory for one model; returns its results and a function that times decoding."""
+    from transformers import DynamicCache
+
+    from tokeff.core.evaluation import bits_per_byte, prefix_token_id
+    from tokeff.core.models import load_model
+    from tokeff.core.textio import read_text
+    from tokeff.decoding.kvcache.spec import kv_cache_factory
+    from tokeff.surgery.kvquant.artifact import write_calibration
+    from tokeff.surgery.kvquant.calibrate import fit_calibration
+    from tokeff.surgery.kvquant.collect import collect
+
+    lm = load_model(name, device="cpu")
+    full = read_text(DATA)
+    calibration_file = workdir / "calibration.txt"
+    calibration_file.write_text(full[slice(*CALIBRATION_SLICE)])
+    eval_text = full[EVALUATION_START : EVALUATION_START + args.eval_bytes]
+    eval_text = eval_text[: eval_text.rfind("\n") + 1]
+
+    # Calibration, as `tokeff kvquant calibrate` does it, with the activations collected once for all bit widths.
+    ids = lm.encode(calibration_file.read_text(), add_special_tokens=False)
+    per = args.cal_context - 1
+    prefix = prefix_token_id(lm)
+    sequences = [[prefix] + ids[i * per : (i + 1) * per] for i in range(args.samples)]
+    started = time.perf_counter()
+    acts = collect(lm, sequences, sensitivity=True)
+    collect_s = time.perf_counter() - started
+    artifacts, fit_s = {}, {}
+    for bits in args.bits:
+        started = time.perf_counter()
+        calibration = fit_calibration(acts, bits, outliers=args.outliers, per_head=False)
+        fit_s[bits] = time.perf_counter() - started
+        artifacts[bits] = workdir / f"{name}-kv{bits}"
+        params = {"outliers": args.outliers, "group": "layer", "samples": args.samples, "context": args.cal_context}
+        write_calibration(artifacts[bits], lm, calibration, calibration_file, params, {}, force=True)
+    del acts
+    gc.collect()
+
+    configs = {"fp": lambda: DynamicCache(config=lm.model.config)}
+    notes = {}
+    for bits in args.bits:
+        configs[f"calibrated-{bits}"] = kv_cache_factory(str(artifacts[bits]), lm, residual=args.residual, sinks=1)
+        configs[f"uniform-{bits}"] = kv_cache_factory(f"uniform:{bits}", lm, residual=args.residual, sinks=1)
+        if bits in (2, 4):  # the bit widths quanto offers
+            factory, reason = quanto_factory(lm, bits, args.residual)
+            if factory is not None:
+                configs[f"quanto-{bits}"] = factory
+            else:
+                notes[f"quanto-{bits}"] = reason
+
+    eval_ids = lm.encode(eval_text, add_special_tokens=False)
+    rows = []
+    for label, factory in configs.items():
+        made = []
+        result = bits_per_byte(lm, eval_text, context=args.context, make_cache=lambda: made.append(factory()) or made[-1],
+                               chunk=args.chunk)
+        first = made[0]  # the first segment's cache: a whole segment went through it in decode order
+        row = {
+            "model": name,
+            "cache": label,
+            "bits": None if label == "fp" else int(label.rsplit("-", 1)[1]),
+            "bpb": result.bpb,
+            "ppl": math.exp(float(result.token_nll.mean())),
+            "tokens": result.tokens,
+            "bytes": result.bytes,
+            "kv_bytes_per_token": kv_bytes(first) / first.get_seq_length(),
+            "kv_tokens": first.get_seq_length(),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    fp = rows[0]
+    for row in rows:
+        row["delta_ppl"] = row["ppl"] - fp["ppl"]
+        row["delta_bpb"] = row["bpb"] - fp["bpb"]
+        row["compression"] = fp["kv_bytes_per_token"] / row["kv_bytes_per_token"]
+
+    prompt = [prefix] + eval_ids[: args.prompt_tokens - 1]
+    speed_configs = ["fp", f"calibrated-{args.speed_bits}", f"uniform-{args.speed_bits}", f"quanto-{args.speed_bits}"]
+
+    def time_decoding() -> dict:
+        speed = {}
+        for label in speed_configs:
+            if label in configs:
+                speed[label] = decode_speed(lm, configs[label], prompt, args.decode_tokens)
+                print(json.dumps({"model": name, "decode": label, "tokens_per_s": speed[label]}), flush=True)
+        return speed
+
+    result = {
+        "model": name,
+        "rows": rows,
+        "notes": notes,
+        "calibration": {"collect_s": collect_s, "fit_s": fit_s, "tokens": args.samples * per, "samples": args.samples},
+        "eval_tokens": rows[0]["tokens"],
+        "eval_bytes": rows[0]["bytes"],
+    }
+    return result, time_decoding
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    for ax, result in zip(axes[0], results):
+        for kind, marker in (("calibrated", "o"), ("uniform", "s"), ("quanto", "^")):
+            points = sorted((r["kv_bytes_per_token"], r["delta_ppl"], r["bits"]) for r in result["rows"] if r["cache"].startswith(kind))
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=kind)
+                for x, y, bits in points:
+                    ax.annotate(f"{bits}b", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_xlabel("KV bytes per token (log)")
+        ax.set_ylabel("perplexity increase over full precision")
+        ax.set_title(result["model"])
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_markdown(results: list[dict], kernel: dict, args, command: str, total_s: float, path: Path) -> None:
+    lines = [
+        "# Calibrated KV-cache quantization",
+        "",
+        f"Reproduce: `{command}` ({total_s / 60:.0f} minutes on a shared 2-core CPU machine, {args.threads} thread(s), float32).",
+        "",
+        "Setup, for each model:",
+        "",
+        f"- **Calibration**: {args.samples} sequences of {args.cal_context} tokens from the first "
+        f"{CALIBRATION_SLICE[1]:,} bytes of `wikitext2-valid.txt`, Fisher-weighted k-means, one codebook per layer, "
+        f"{args.outliers:.0%} outliers kept exact (per token), keys per channel before RoPE, values per token.",
+        f"- **Evaluation**: {args.eval_bytes:,} bytes of `wikitext2-valid.txt` from byte {EVALUATION_START:,} on "
+        "(never the calibration bytes), scored in decode order: segments of "
+        f"{args.context} tokens, each with a fresh cache and the boundary token, fed {args.chunk} tokens per model "
+        "call, so every call attends over the quantized cache as generation would. Perplexity is per token of "
+        "each model's own tokenizer; bits per byte compares across them.",
+        f"- **Caches**: `fp` is transformers' DynamicCache; `calibrated-B` the `tokeff kvquant calibrate` artifact; "
+        f"`uniform-B` is `--kv-quant uniform:B` (KIVI: keys per channel over groups of 32 tokens after RoPE, values "
+        f"per token, no calibration); `quanto-B` is transformers' `QuantizedCache(\"quanto\")` (2 and 4 bits only, "
+        f"groups of 64 along the channel axis, dequantizes the whole cache at every step). All quantized caches keep the last "
+        f"{args.residual} tokens in full precision (tokeff's default is 128; a short window here makes most of each "
+        f"{args.context}-token segment come from the quantized cache); tokeff's also keep 1 attention-sink token.",
+        "- **KV bytes per token**: bytes held by the cache after the first evaluation segment went through it in "
+        f"decode order ({args.chunk} tokens per call), divided by the tokens it holds "
+        "(packed codes, per-token and per-group ranges, sparse "
+        "outliers, sinks and the full-precision window; the calibrated per-layer constants, shared by every sequence, "
+        "are not counted). Compression is against the float32 DynamicCache.",
+        "",
+    ]
+    for result in results:
+        cal = result["calibration"]
+        lines += [
+            f"## {result['model']}",
+            "",
+            f"{result['eval_tokens']:,} evaluation tokens ({result['eval_bytes']:,} bytes); "
+            f"{cal['tokens']:,} calibration tokens.",
+            "",
+            "| cache | bits | perplexity | Δ perplexity | bits/byte | Δ bits/byte | KV bytes/token | compression |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for row in result["rows"]:
+            lines.append(
+                f"| {row['cache']} | {row['bits'] or 'fp32'} | {row['ppl']:.3f} | {row['delta_ppl']:+.3f} | "
+                f"{row['bpb']:.4f} | {row['delta_bpb']:+.4f} | {row['kv_bytes_per_token']:,.0f} | "
+                f"{row['compression']:.1f}x |"
+            )
+        for label, reason in result["notes"].items():
+            lines.append(f"\n`{label}`: not run: transformers says: {reason}")
+        speed = result.get("decode_tokens_per_s")
+        if speed:
+            lines += [
+                "",
+                f"Greedy decoding, {args.decode_tokens} tokens after a {args.prompt_tokens}-token prompt (prefill not timed):",
+                "",
+                "| cache | tokens/s | vs fp |",
+                "| --- | ---: | ---: |",
+            ]
+            for label, rate in speed.items():
+                lines.append(f"| {label} | {rate:.1f} | {rate / speed['fp']:.2f}x |")
+        lines.append("")
+    if kernel is None:
+        lines += ["Decode speed and the kernel timing: not measured (the benchmark lock stayed busy).", ""]
+    else:
+        lines += [
+        "## Dequantization kernel",
+        "",
+        "One layer of smollm2-135m's shape (3 KV heads x 2,048 tokens x 64 channels, 3-bit keys before RoPE, one "
+        "outlier per token), dequantized and rotated into the attention buffer:",
+        "",
+        "| torch reference (ms) | Numba (ms) | speed-up |",
+        "| ---: | ---: | ---: |",
+        f"| {kernel['torch_ms']:.2f} | {kernel['numba_ms']:.2f} | {kernel['speedup']:.1f}x |",
+        "",
+        ]
+    lines += [
+        "The Triton kernel has the same contract; it is tested against the reference in Triton's CPU interpreter "
+        "(`TRITON_INTERPRET=1`) but was not run on a GPU here.",
+        "",
+        "![perplexity increase against KV bytes per token](kvquant.png)",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default="smollm2-135m,gemma3-270m")
+    parser.add_argument("--bits", default="4,3,2")
+    parser.add_argument("--eval-bytes", type=int, default=5_000)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--cal-context", type=int, default=256)
+    parser.add_argument("--outliers", type=float, default=0.01)
+    parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--chunk", type=int, default=32)
+    parser.add_argument("--residual", type=int, default=32)
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--speed-bits", type=int, default=4)
+    parser.add_argument("--lock-wait", type=float, default=1800, help="seconds to wait for the benchmark lock")
+    parser.add_argument("--threads", type=int, default=1, help="torch and Numba threads (1: steadiest on a shared machine)")
+    args = parser.parse_args()
+    args.bits = [int(b) for b in args.bits.split(",")]
+    import numba
+
+    torch.set_num_threads(args.threads)
+    numba.set_num_threads(args.threads)
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    started = time.perf_counter()
+    results, timers = [], []
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in args.models.split(","):
+            result, timer = run_model(name, args, Path(workdir))
+            results.append(result)
+            timers.append(timer)
+    write_results(results, None, args, started)  # quality and memory are on disk before the wait for the lock
+    with bench_lock(args.lock_wait) as locked:
+        if locked:
+            kernel = kernel_speed()
+            print(json.dumps({"kernel": kernel}), flush=True)
+            for result, timer in zip(results, timers):
+                result["decode_tokens_per_s"] = timer()
+            write_results(results, kernel, args, started)
+
+
+def write_results(results: list[dict], kernel: dict | None, args, started: float) -> None:
+    total_s = time.perf_counter() - started
+    command = "python benchmarks/kvquant/run.py " + " ".join(sys.argv[1:])
+    docs = ROOT / "docs"
+    docs.mkdir(exist_ok=True)
+    payload = {"command": command.strip(), "args": vars(args), "seconds": total_s, "kernel": kernel, "models": results}
+    (docs / "kvquant.json").write_text(json.dumps(payload, indent=2) + "\n")
+    plot(results, docs / "kvquant.png")
+    write_markdown(results, kernel, args, command.strip(), total_s, docs / "kvquant.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Calibrated KV-cache quantization on the real built-in models (slow): calibrate on one part of
+WikiText-2, score another part in decode order through the quantized cache, check the artifact's
+binding to its model. Sizes are small to fit the CI budget; docs/kvquant.md has the full numbers."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from tokeff.core.errors import TokeffError
+from tokeff.core.evaluation import bits_per_byte
+from tokeff.core.textio import read_text
+from tokeff.decoding.kvcache.spec import kv_cache_factory
+from tokeff.surgery.kvquant.artifact import load_calibration, write_calibration
+from tokeff.surgery.kvquant.calibrate import calibrate
+
+pytestmark = pytest.mark.slow
+
+WIKITEXT = "../shared/data/wikitext2-valid.txt"
+CONTEXT, CHUNK, RESIDUAL = 256, 32, 32
+
+
+@pytest.fixture(scope="module")
+def wikitext():
+    text = read_text(WIKITEXT)
+    return text[:60_000], text[600_000:602_500]  # calibration and evaluation never share bytes
+
+
+@pytest.fixture(scope="module")
+def artifacts(builtin_model, wikitext, tmp_path_factory):
+    """A 3-bit calibration per built-in model, written and reloaded through the verified artifact."""
+    folder = tmp_path_factory.mktemp("kvquant")
+    text_file = folder / "calibration.txt"
+    text_file.write_text(wikitext[0])
+    made = {}
+    for name in ("smollm2-135m", "gemma3-270m"):
+        lm = builtin_model(name)
+        result = calibrate(lm, wikitext[0], bits=3, samples=2, context=256)
+        made[name] = folder / f"{name}-kv3"
+        write_calibration(made[name], lm, result.calibration, text_file, {}, result.metrics)
+        # Held-out relative squared error of 3-bit keys and values: small, yet not zero (a broken quantizer is near 1).
+        assert 0 < result.metrics["key_error"] < 0.05 and 0 < result.metrics["value_error"] < 0.05
+    return made
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_decode_order_quality_and_memory(builtin_model, artifacts, wikitext, name):
+    lm = builtin_model(name)
+    text = wikitext[1]
+
+    def score(make_cache):
+        return bits_per_byte(lm, text, context=CONTEXT, make_cache=make_cache, chunk=CHUNK).bpb
+
+    fp = score(lambda: DynamicCache(config=lm.model.config))
+    calibrated = kv_cache_factory(str(artifacts[name]), lm, residual=RESIDUAL)
+    two_bit = kv_cache_factory("uniform:2", lm, residual=RESIDUAL)
+    calibrated_bpb, two_bit_bpb = score(calibrated), score(two_bit)
+    # 3 calibrated bits cost little; the cache really is quantized (2 uniform bits cost visibly more).
+    assert abs(calibrated_bpb - fp) < 0.05
+    assert two_bit_bpb > calibrated_bpb
+
+    ids = lm.encode(text, add_special_tokens=False)[:CONTEXT]
+    plain, packed = DynamicCache(config=lm.model.config), calibrated()
+    with torch.inference_mode():
+        for cache in (plain, packed):
+            lm.model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+    full = sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in plain.layers)
+    assert packed.nbytes < full / 3
+
+
+def test_artifact_for_the_other_model_is_refused(builtin_model, artifacts):
+    with pytest.raises(TokeffError, match="calibrated for model smollm2-135m.*not for gemma3-270m"):
+        load_calibration(artifacts["smollm2-135m"], builtin_model("gemma3-270m"))
+    assert load_calibration(artifacts["gemma3-270m"], builtin_model("gemma3-270m")).bits == 3

@@ -1,0 +1,54 @@
+"""What `--kv-quant` names: a calibrated `kvquant` artifact folder, or `uniform:BITS` (the KIVI
+recipe, no calibration: keys per channel over groups of tokens after RoPE, values per token)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tokeff.core.errors import TokeffError
+from tokeff.core.models import LoadedModel
+from tokeff.decoding.kvcache.cache import QuantizedKVCache
+from tokeff.decoding.kvcache.quantizer import KVQuantizer, TensorQuantizer, uniform_codebook
+from tokeff.decoding.kvcache.rope import RotaryTables
+from tokeff.surgery.kvquant import check_bits
+
+KIVI_GROUP = 32  # tokens sharing a per-channel key range, as in KIVI
+DEFAULT_RESIDUAL = 128
+DEFAULT_SINKS = 1
+
+
+def uniform_quantizers(n_layers: int, bits: int, group: int = KIVI_GROUP) -> list[KVQuantizer]:
+    book = uniform_codebook(bits)
+    layer = KVQuantizer(
+        keys=TensorQuantizer(bits, book, per_token=False, group=group),
+        values=TensorQuantizer(bits, book, per_token=True),
+        pre_rope=False,
+    )
+    return [layer] * n_layers
+
+
+def kv_cache_factory(
+    spec: str, lm: LoadedModel, residual: int = DEFAULT_RESIDUAL, sinks: int = DEFAULT_SINKS
+) -> Callable[[], QuantizedKVCache]:
+    """A function returning a fresh quantized cache for `lm` each time (one per sequence)."""
+    config = lm.model.config.get_text_config(decoder=True)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head_dim % 8:
+        raise TokeffError(f"{lm.spec}: head dimension {head_dim} is not a multiple of 8, which packed codes need")
+    if residual < 0 or sinks < 0:
+        raise TokeffError(f"--kv-residual and --kv-sinks must be >= 0, got {residual} and {sinks}")
+    if spec.startswith("uniform"):
+        kind, _, bits = spec.partition(":")
+        if kind != "uniform" or not bits.isdigit():
+            raise TokeffError(f"--kv-quant {spec}: expected uniform:BITS, e.g. uniform:4")
+        quantizers = uniform_quantizers(config.num_hidden_layers, check_bits(int(bits)))
+        rope = None
+    else:
+        from tokeff.surgery.kvquant.artifact import load_calibration
+
+        if not Path(spec).exists():
+            raise TokeffError(f"--kv-quant {spec}: no such artifact (give a `tokeff kvquant calibrate` output or uniform:BITS)")
+        quantizers = load_calibration(spec, lm).quantizers()
+        rope = RotaryTables(lm.model)
+    return lambda: QuantizedKVCache(lm.model.config, quantizers, rope, residual=residual, sinks=sinks)

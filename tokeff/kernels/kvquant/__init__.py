@@ -1,0 +1,71 @@
+"""Packed low-bit KV rows and their dequantization, the hot loop of the quantized KV cache.
+
+`dequantize_into` writes dequantized (and, for keys stored before RoPE, rotated) rows straight into
+the buffer attention reads: Triton on a CUDA device when Triton is installed, Numba for float32 on
+the CPU, and the plain torch reference otherwise. All three share one contract (see `reference`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tokeff.kernels.kvquant.packing import pack_codes, packed_width, unpack_codes
+from tokeff.kernels.kvquant.reference import dequantize_reference, rotate_half
+
+__all__ = [
+    "dequantize_into",
+    "dequantize_reference",
+    "pack_codes",
+    "packed_width",
+    "rotate_half",
+    "unpack_codes",
+]
+
+
+def dequantize_into(
+    out: torch.Tensor,
+    out_start: int,
+    codes: torch.Tensor,
+    bits: int,
+    codebook: torch.Tensor,
+    center: torch.Tensor,
+    half: torch.Tensor,
+    outlier_idx: torch.Tensor,
+    outlier_val: torch.Tensor,
+    skip: int = 0,
+    cos: torch.Tensor | None = None,
+    sin: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> None:
+    """Dequantize rows `skip..n` of `codes` [batch, heads, n, bytes] into `out[:, :, out_start:out_start + n - skip]`.
+
+    `out` must be contiguous ([batch, heads, length, dim]); `backend` is auto, triton, numba or torch.
+    """
+    args = (codes, bits, codebook, center, half, outlier_idx, outlier_val, skip, cos, sin)
+    if codes.shape[2] - skip <= 0:
+        return
+    if backend == "auto":
+        backend = _pick_backend(out)
+    if backend == "triton":
+        from tokeff.kernels.kvquant.gpu import dequantize_into_gpu
+
+        dequantize_into_gpu(out, out_start, *args)
+    elif backend == "numba":
+        from tokeff.kernels.kvquant.cpu import dequantize_into_cpu
+
+        dequantize_into_cpu(out, out_start, *args)
+    elif backend == "torch":
+        rows = codes.shape[2] - skip
+        out[:, :, out_start : out_start + rows] = dequantize_reference(*args).to(out.dtype)
+    else:
+        raise ValueError(f"unknown dequantization backend '{backend}'")
+
+
+def _pick_backend(out: torch.Tensor) -> str:
+    if out.device.type == "cuda":
+        from tokeff.kernels.kvquant.gpu import AVAILABLE
+
+        return "triton" if AVAILABLE else "torch"
+    if out.device.type == "cpu" and out.dtype == torch.float32:
+        return "numba"
+    return "torch"

@@ -1,0 +1,55 @@
+"""Plain torch dequantization: the definition the Numba and Triton kernels are tested against.
+
+A quantized row (one token of one KV head) is `dim` codes into a sorted codebook of normalized
+levels; the value of channel c is `center + half * codebook[code]`, where `center` and `half`
+broadcast from a [B', H', T', D'] grid (B' in {1, batch}, H' in {1, heads}, T' dividing the
+token count: 1 = calibrated per-channel constants, n / G = one per group of G tokens, n = one per
+token; D' in {1, dim}). A few channels per row are stored exactly (sparse outliers) and replace
+the dense value. Keys quantized before RoPE get the rotation applied after dequantization.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tokeff.kernels.kvquant.packing import unpack_codes
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """The rotate-half convention of Llama/Gemma RoPE: (x1, x2) -> (-x2, x1)."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def dequantize_reference(
+    codes: torch.Tensor,
+    bits: int,
+    codebook: torch.Tensor,
+    center: torch.Tensor,
+    half: torch.Tensor,
+    outlier_idx: torch.Tensor,
+    outlier_val: torch.Tensor,
+    skip: int = 0,
+    cos: torch.Tensor | None = None,
+    sin: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Float32 [batch, heads, n - skip, dim] from packed codes [batch, heads, n, dim * bits / 8]."""
+    batch, heads, n, width = codes.shape
+    dim = width * 8 // bits
+    index = unpack_codes(codes, bits, dim)
+    book = codebook.float()
+    if book.shape[0] == 1:
+        x = book[0][index]
+    else:  # one codebook per head
+        x = torch.gather(book[None, :, None, :].expand(batch, heads, n, book.shape[1]), 3, index)
+    grid_b, grid_h, grid_t, grid_d = center.shape
+    shape = (batch, heads, grid_t, n // grid_t, grid_d, dim // grid_d)
+    scale = half.float().reshape(grid_b, grid_h, grid_t, 1, grid_d, 1)
+    offset = center.float().reshape(grid_b, grid_h, grid_t, 1, grid_d, 1)
+    x = (offset + scale * x.reshape(shape)).reshape(batch, heads, n, dim)
+    if outlier_idx.shape[-1]:
+        x = x.scatter(3, outlier_idx.long(), outlier_val.float())
+    x = x[:, :, skip:]
+    if cos is not None:
+        x = x * cos.float() + rotate_half(x) * sin.float()
+    return x

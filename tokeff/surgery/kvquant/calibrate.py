@@ -1,0 +1,117 @@
+"""`calibrate`: from a model and calibration text to a `KVCalibration` and its held-out errors."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from tokeff.core import console
+from tokeff.core.errors import TokeffError
+from tokeff.core.evaluation import prefix_token_id
+from tokeff.core.models import LoadedModel
+from tokeff.decoding.kvcache.quantizer import TensorQuantizer, uniform_codebook
+from tokeff.decoding.kvcache.rope import RotaryTables
+from tokeff.decoding.kvcache.spec import uniform_quantizers
+from tokeff.surgery.kvquant import check_bits, check_outliers
+from tokeff.surgery.kvquant.artifact import KVCalibration
+from tokeff.surgery.kvquant.collect import Activations, collect
+from tokeff.surgery.kvquant.fit import fit_codebook, key_ranges, outliers_per_token
+
+MIN_CONTEXT = 16
+
+
+@dataclass
+class CalibrationResult:
+    calibration: KVCalibration
+    metrics: dict
+
+
+def calibrate(
+    lm: LoadedModel,
+    text: str,
+    bits: int,
+    outliers: float = 0.01,
+    per_head: bool = False,
+    samples: int = 16,
+    context: int = 512,
+    sensitivity: bool = True,
+    seed: int = 0,
+) -> CalibrationResult:
+    """Fit key ranges and codebooks on `samples` sequences of `context` tokens (the boundary token
+    plus context - 1 tokens of text); the next stretch of text, if any, measures held-out error."""
+    check_bits(bits)
+    check_outliers(outliers)
+    if samples < 1:
+        raise TokeffError(f"--samples must be >= 1, got {samples}")
+    limit = lm.model.config.get_text_config(decoder=True).max_position_embeddings
+    if not MIN_CONTEXT <= context <= (limit or context):
+        raise TokeffError(f"--context must be in {MIN_CONTEXT}..{limit}, got {context}")
+    started = time.perf_counter()
+    ids = lm.encode(text, add_special_tokens=False)
+    per = context - 1
+    needed = samples * per
+    if len(ids) < needed:
+        raise TokeffError(
+            f"the calibration text has {len(ids):,} tokens, but --samples {samples} x --context {context} needs "
+            f"{needed:,}: give more text or lower --samples/--context"
+        )
+    prefix = prefix_token_id(lm)
+    sequences = [[prefix] + ids[i * per : (i + 1) * per] for i in range(samples)]
+    calibration = fit_calibration(collect(lm, sequences, sensitivity), bits, outliers, per_head, seed)
+    metrics = {"calibration_tokens": needed, "text_tokens": len(ids)}
+    heldout = ids[needed : needed + per]
+    if len(heldout) >= 32:
+        metrics.update(heldout_errors(lm, calibration, [prefix] + heldout))
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    return CalibrationResult(calibration=calibration, metrics=metrics)
+
+
+def fit_calibration(acts: Activations, bits: int, outliers: float, per_head: bool, seed: int = 0) -> KVCalibration:
+    """Key ranges and codebooks for every layer from collected activations (sensitivity-weighted if they carry weights)."""
+    check_bits(bits)
+    head_dim = acts.keys[0][0].shape[-1]
+    n_outliers = outliers_per_token(outliers, head_dim)
+    placeholder = uniform_codebook(bits)
+    fitted: dict[str, list[torch.Tensor]] = {"key_center": [], "key_half": [], "key_codebook": [], "value_codebook": []}
+    for layer in console.track(range(len(acts.keys)), f"fitting {bits}-bit codebooks"):
+        keys, values = acts.stacked("keys", layer), acts.stacked("values", layer)
+        key_w = acts.stacked("key_weights", layer) if acts.key_weights else None
+        value_w = acts.stacked("value_weights", layer) if acts.value_weights else None
+        center, half = key_ranges(keys, outliers)
+        key_quantizer = TensorQuantizer(bits, placeholder, per_token=False, center=center, half=half, outliers=n_outliers)
+        value_quantizer = TensorQuantizer(bits, placeholder, per_token=True, outliers=n_outliers)
+        fitted["key_center"].append(center)
+        fitted["key_half"].append(half)
+        fitted["key_codebook"].append(fit_codebook(key_quantizer, keys, key_w, per_head, seed + layer))
+        fitted["value_codebook"].append(fit_codebook(value_quantizer, values, value_w, per_head, seed + layer))
+    return KVCalibration(
+        bits=bits, key_outliers=n_outliers, value_outliers=n_outliers, **{k: torch.stack(v) for k, v in fitted.items()}
+    )
+
+
+def heldout_errors(lm: LoadedModel, calibration: KVCalibration, sequence: list[int]) -> dict:
+    """Relative squared error ||x - q(x)||^2 / ||x||^2 of keys and values, averaged over layers, for the
+    calibrated quantizer and for the uniform (KIVI) one at the same bits, on text not used to fit."""
+    acts: Activations = collect(lm, [sequence], sensitivity=False)
+    rope = RotaryTables(lm.model)
+    calibrated = calibration.quantizers()
+    uniform = uniform_quantizers(len(calibrated), calibration.bits)
+    errors = {"key_error": [], "value_error": [], "uniform_key_error": [], "uniform_value_error": []}
+    for layer, (ours, kivi) in enumerate(zip(calibrated, uniform)):
+        n = acts.keys[layer][0].shape[1] // kivi.keys.group * kivi.keys.group
+        keys = acts.keys[layer][0][None, :, :n].to(lm.device)
+        values = acts.values[layer][0][None, :, :n].to(lm.device)
+        rotated = rope.rotate(keys, layer, 1)  # position 0 (the boundary token) was left out
+        errors["key_error"].append(_relative_error(keys, ours.keys.roundtrip(keys)))
+        errors["value_error"].append(_relative_error(values, ours.values.roundtrip(values)))
+        errors["uniform_key_error"].append(_relative_error(rotated, kivi.keys.roundtrip(rotated)))
+        errors["uniform_value_error"].append(_relative_error(values, kivi.values.roundtrip(values)))
+    result = {name: round(sum(v) / len(v), 6) for name, v in errors.items()}
+    result["heldout_tokens"] = len(sequence) - 1
+    return result
+
+
+def _relative_error(x: torch.Tensor, approx: torch.Tensor) -> float:
+    return float((x.float() - approx).square().sum() / x.float().square().sum().clamp_min(1e-12))

@@ -1,0 +1,93 @@
+"""Running calibration text through the model and keeping every layer's pre-RoPE keys and values,
+with their sensitivities (squared gradients of the language-model loss, KVQuant's Fisher weights).
+
+A cache that stores nothing records what attention hands it, which works for any model whose
+attention calls the cache (no per-architecture hooks): keys arrive after RoPE and are rotated back
+with the model's own tables. For sensitivities, the pre-RoPE keys and the values become leaves of
+the autograd graph, so one backward pass yields d loss / d key and d loss / d value everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import Cache, DynamicLayer
+
+from tokeff.core import console
+from tokeff.core.models import LoadedModel
+from tokeff.decoding.kvcache.rope import RotaryTables
+
+
+@dataclass
+class Activations:
+    """Per layer, lists of [kv_heads, tokens, head_dim] float32 tensors (one per sample), on the CPU."""
+
+    keys: list[list[torch.Tensor]]
+    values: list[list[torch.Tensor]]
+    key_weights: list[list[torch.Tensor]] = field(default_factory=list)
+    value_weights: list[list[torch.Tensor]] = field(default_factory=list)
+
+    def stacked(self, name: str, layer: int) -> torch.Tensor:
+        """[kv_heads, all tokens, head_dim] for one layer."""
+        return torch.cat(getattr(self, name)[layer], dim=1)
+
+
+class _RecordingLayer(DynamicLayer):
+    def __init__(self, layer_idx: int, rope: RotaryTables, sink: list, with_grad: bool):
+        super().__init__()
+        self.layer_idx, self.rope, self.sink, self.with_grad = layer_idx, rope, sink, with_grad
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        keys = self.rope.unrotate(key_states.float(), self.layer_idx, 0)
+        values = value_states.float()
+        if self.with_grad:
+            keys = keys.detach().requires_grad_()
+            values = values.detach().requires_grad_()
+            self.sink.append((keys, values))
+            return self.rope.rotate(keys, self.layer_idx, 0).to(key_states.dtype), values.to(value_states.dtype)
+        self.sink.append((keys, values))
+        return key_states, value_states
+
+    def get_seq_length(self) -> int:
+        return 0
+
+
+class _RecordingCache(Cache):
+    def __init__(self, n_layers: int, rope: RotaryTables, with_grad: bool):
+        self.records: list[list] = [[] for _ in range(n_layers)]
+        super().__init__(layers=[_RecordingLayer(i, rope, self.records[i], with_grad) for i in range(n_layers)])
+
+
+def collect(lm: LoadedModel, sequences: list[list[int]], sensitivity: bool) -> Activations:
+    """Keys and values of every layer for each sequence (its first token, the boundary token, left out:
+    it stays in full precision as an attention sink)."""
+    model = lm.model
+    n_layers = model.config.get_text_config(decoder=True).num_hidden_layers
+    rope = RotaryTables(model)
+    acts = Activations(keys=[[] for _ in range(n_layers)], values=[[] for _ in range(n_layers)])
+    if sensitivity:
+        acts.key_weights = [[] for _ in range(n_layers)]
+        acts.value_weights = [[] for _ in range(n_layers)]
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for parameter in frozen:  # only the activations' gradients are needed
+        parameter.requires_grad_(False)
+    try:
+        for ids in console.track(sequences, "collecting keys and values"):
+            cache = _RecordingCache(n_layers, rope, with_grad=sensitivity)
+            inputs = torch.tensor([ids], device=lm.device)
+            with torch.set_grad_enabled(sensitivity):
+                logits = model(input_ids=inputs, past_key_values=cache, use_cache=True).logits[0, :-1]
+                if sensitivity:
+                    F.cross_entropy(logits.float(), inputs[0, 1:]).backward()
+            for layer, ((keys, values),) in enumerate(cache.records):
+                acts.keys[layer].append(keys.detach()[0, :, 1:].cpu())
+                acts.values[layer].append(values.detach()[0, :, 1:].cpu())
+                if sensitivity:
+                    acts.key_weights[layer].append(keys.grad[0, :, 1:].square().cpu())
+                    acts.value_weights[layer].append(values.grad[0, :, 1:].square().cpu())
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
+    return acts

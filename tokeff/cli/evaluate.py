@@ -111,8 +111,6 @@ def _bounded_bpb(
     method_cls = get_method(method)
     if not issubclass(method_cls, BoundedCacheMethod):
         raise TokeffError(f"--method {method} does not bound the cache; eval bpb --method takes sink or h2o")
-    if chunk < 1:
-        raise TokeffError(f"--chunk must be >= 1, got {chunk}")
     options = {name: value for name, value in options.items() if value is not None}
     method_cls.check_options(options)
     lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)

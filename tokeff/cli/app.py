@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tokeff.cli import artifacts, decode, evaluate, models
+from tokeff.cli import artifacts, decode, dynamic, evaluate, models, tokenizer
 from tokeff.core.errors import TokeffError
 
 app = typer.Typer(
@@ -23,6 +23,8 @@ app.add_typer(evaluate.app, name="eval")
 app.command("inspect")(artifacts.inspect)
 app.command("verify")(artifacts.verify)
 app.command("decode")(decode.decode)
+app.add_typer(tokenizer.app, name="tokenizer")
+app.command("dynamic")(dynamic.dynamic)
 
 
 def _quiet_libraries() -> None:

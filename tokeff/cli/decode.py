@@ -26,6 +26,10 @@ def decode(
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the tokenizer's chat template.")] = False,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past end-of-sequence.")] = False,
     list_methods: Annotated[bool, typer.Option("--list-methods", help="List decode methods and exit.")] = False,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-O", help="A method's own setting as KEY=VALUE (repeatable; see --list-methods)."),
+    ] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
     trust_remote_code: TrustRemoteCode = False,
@@ -39,7 +43,9 @@ def decode(
 
     if list_methods:
         for name in method_names():
-            console.stdout.print(f"{name}\t{get_method(name).summary}")
+            cls = get_method(name)
+            settings = " ".join(f"{key}={value}" for key, value in cls.options.items())
+            console.stdout.print(f"{name}\t{cls.summary}" + (f" [-O {settings}]" if settings else ""))
         return
     if (prompt is None) == (prompt_file is None):
         raise TokeffError("give exactly one of --prompt and --prompt-file")
@@ -58,7 +64,7 @@ def decode(
         stop_at_eos=not ignore_eos,
     )
     lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    decoder = method_cls(lm, config)
+    decoder = method_cls(lm, config, **method_cls.parse_options(option or []))
     stream = None if json else _write_stdout
     result = decoder.generate(Prompt.from_text(lm, text, chat=chat), on_text=stream)
     if json:

@@ -35,7 +35,9 @@ FORMAT_VERSION = 1
 # Extra checks for artifact kinds beyond hashes and model shapes: kind -> "module:function",
 # imported only when such an artifact is verified. The function takes (path, manifest) and
 # returns a list of problems.
-KIND_CHECKS: dict[str, str] = {}
+KIND_CHECKS: dict[str, str] = {
+    "tokenizer": "tokeff.tokenizers_tools.artifact:check_tokenizer_artifact",
+}
 
 
 @dataclass

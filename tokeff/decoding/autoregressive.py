@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from tokeff.core.errors import TokeffError
 from tokeff.decoding.registry import DecodeMethod, register
 from tokeff.decoding.runner import CachedRunner
@@ -11,6 +13,10 @@ from tokeff.decoding.types import DecodeResult, DecodeStats, Prompt, TextCallbac
 
 
 class Autoregressive(DecodeMethod):
+    def prefill(self, runner: CachedRunner, prompt: Prompt) -> torch.Tensor:
+        """Next-token logits after the whole prompt; a subclass may feed the prompt differently."""
+        return runner.forward(prompt.ids)[-1]
+
     def generate(self, prompt: Prompt, on_text: TextCallback | None = None) -> DecodeResult:
         if not prompt.ids:
             raise TokeffError("the prompt produced no tokens")
@@ -20,14 +26,14 @@ class Autoregressive(DecodeMethod):
         streamer = CallbackStreamer(self.lm.tokenizer, on_text)
         eos = self.lm.eos_token_ids if self.config.stop_at_eos else set()
         generated: list[int] = []
-        feed = prompt.ids
+        logits = self.prefill(runner, prompt)
         while len(generated) < self.config.max_new_tokens:
-            token = chooser.choose(runner.forward(feed)[-1], prompt.ids + generated)
+            token = chooser.choose(logits, prompt.ids + generated)
             generated.append(token)
             streamer.push([token])
-            if token in eos:
+            if token in eos or len(generated) == self.config.max_new_tokens:
                 break
-            feed = [token]
+            logits = runner.forward([token])[-1]
         streamer.end()
         stats.new_tokens = len(generated)
         stats.finish()

@@ -31,9 +31,33 @@ class DecodeMethod(ABC):
         self.config = config
         self.opts = {**self.options, **options}
 
+    @classmethod
+    def parse_options(cls, pairs: list[str]) -> dict[str, Any]:
+        """KEY=VALUE strings from the command line, typed like the option's default."""
+        parsed: dict[str, Any] = {}
+        for pair in pairs:
+            key, sep, raw = pair.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in cls.options:
+                known = ", ".join(cls.options) or "none"
+                raise TokeffError(f"--option {pair!r}: expected KEY=VALUE with KEY one of --method {cls.name}'s options ({known})")
+            parsed[key] = _typed(raw.strip(), cls.options[key], pair)
+        return parsed
+
     @abstractmethod
     def generate(self, prompt: Prompt, on_text: TextCallback | None = None) -> DecodeResult:
         """Generate up to `config.max_new_tokens` tokens after the prompt, streaming text to `on_text`."""
+
+
+def _typed(raw: str, default: Any, pair: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        return type(default)(raw) if default is not None else raw
+    except ValueError:
+        raise TokeffError(f"--option {pair!r}: {raw!r} is not a valid {type(default).__name__}") from None
 
 
 def register(cls: type[DecodeMethod]) -> type[DecodeMethod]:

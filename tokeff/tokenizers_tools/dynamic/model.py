@@ -145,6 +145,7 @@ class DynamicModel:
         first = torch.tensor([pieces[0] for pieces in vocab.pieces], dtype=torch.long)
         return DynamicHead(base_bias.to(device), first.to(device), new_bias.to(device))
 
+    @torch.inference_mode()
     def _continuation_probs(self, batch: int = 64) -> list[float]:
         """pi(t) = P(p2..pn | <boundary> p1) under the model, for every new token."""
         prefix = prefix_token_id(self.lm)

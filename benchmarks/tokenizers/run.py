@@ -32,23 +32,23 @@ DOCS = ROOT / "docs"
 RESULTS = DOCS / "tokenizers.json"
 WORK = Path(os.environ.get("TOKEFF_BENCH_WORK", "/tmp/tokeff-bench-tokenizers"))
 TRANSPLANT_TOKENIZER = "supertoken-16384"
-# (name, vocab, supertokens, stage-1 merges); stage 1 at about 3/4 of the vocabulary, as SuperBPE's
-# best transition points sit at 80-90% of a 200k vocabulary; t50/t90 bracket it.
+# (name, vocab, supertokens, stage-1 merges); stage 1 at about 3/4 of the vocabulary below 32k, as
+# SuperBPE's best transition points sit at 80-90% of a 200k vocabulary; at 32k and 49k, stage 1
+# stops at 16k merges so that stage 2 still has room on a 2 MB corpus.
 TOKENIZERS = [
     ("plain-8192", 8192, False, None),
     ("supertoken-8192", 8192, True, 6000),
     ("plain-16384", 16384, False, None),
     ("supertoken-16384", 16384, True, 12000),
-    ("supertoken-16384-t50", 16384, True, 8000),
-    ("supertoken-16384-t90", 16384, True, 14500),
     ("plain-32768", 32768, False, None),
     ("supertoken-32768", 32768, True, 16000),
+    ("plain-49152", 49152, False, None),
     ("supertoken-49152", 49152, True, 16000),
 ]
 DYNAMIC_RUNS = [  # (label, merge counts, options)
     ("within words", [16, 64, 256, 1024], {}),
-    ("across words", [64, 256, 1024], {"across_words": True}),
-    ("prefill 0.5, within words", [64, 256, 1024], {"prefill": 0.5}),
+    ("across words", [256, 1024], {"across_words": True}),
+    ("prefill 0.5, within words", [256, 1024], {"prefill": 0.5}),
     ("embedding linear", [256], {"embedding": "linear"}),
     ("embedding last", [256], {"embedding": "last"}),
 ]
@@ -169,12 +169,46 @@ def part_dynamic(corpora: dict, record: dict, eval_bytes: int, context: int) -> 
     record["dynamic"] = {"model": "smollm2-135m", "eval_bytes": len(text.encode()), "context": context, "runs": runs}
 
 
-def plot(record: dict) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_vocab(record: dict) -> None:
+    """Bytes per token against vocabulary size: plain and supertoken BPE, and the models' own tokenizers."""
+    plt = _pyplot()
+    rows = [row for row in record["tokenizers"]["rows"] if "error" not in row]
+    fig, axes = plt.subplots(1, len(CORPORA), figsize=(11, 4.2))
+    for axis, corpus in zip(axes, CORPORA):
+        for prefix, style in (("plain-", "o-"), ("supertoken-", "s-")):
+            # the curve: one tokenizer per size (variants with a longer name, e.g. another stage 1, are points)
+            curve = sorted((row["vocab_size"], row[corpus]["bytes_per_token"]) for row in rows
+                           if row["tokenizer"].startswith(prefix) and row["tokenizer"].count("-") == 1)
+            if curve:
+                axis.plot(*zip(*curve), style, label=f"{prefix.rstrip('-')} BPE (tokeff)")
+        for row in rows:
+            if row["tokenizer"].count("-") > 1 or row["kind"] == "own":
+                point = (row["vocab_size"], row[corpus]["bytes_per_token"])
+                axis.plot(*point, "x" if row["kind"] == "own" else "^", color="black" if row["kind"] == "own" else "grey")
+                axis.annotate(row["tokenizer"], point, textcoords="offset points", xytext=(4, -10), fontsize=7)
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("vocabulary size")
+        axis.set_ylabel("bytes per token (held out)")
+        axis.set_title(corpus)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(DOCS / "tokenizers-vocab.png", dpi=120)
+    plt.close(fig)
+
+
+def plot_dynamic(record: dict) -> None:
+    """Merges against length reduction, and length reduction against the bits-per-byte cost."""
+    plt = _pyplot()
     runs = [run for run in record["dynamic"]["runs"] if not run["label"].startswith("embedding")]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for run in runs:
@@ -250,10 +284,11 @@ def main() -> None:
         )
         record.setdefault("part_seconds", {})[part] = time.perf_counter() - started
         RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+    if "tokenizers" in record:
+        plot_vocab(record)
     if "dynamic" in record:
-        plot(record)
-    if all(part in record for part in ("tokenizers", "transplant", "dynamic")):
-        write_markdown(record)
+        plot_dynamic(record)
+    write_markdown(record)
 
 
 if __name__ == "__main__":

@@ -211,8 +211,10 @@ def plot_dynamic(record: dict) -> None:
     plt = _pyplot()
     runs = [run for run in record["dynamic"]["runs"] if not run["label"].startswith("embedding")]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    from report import distinct
+
     for run in runs:
-        results = run["results"]
+        results = distinct(run["results"])
         merges = [row["merges"] for row in results]
         reduction = [100 * row["length_reduction"] for row in results]
         change = [row["bpb_change"] for row in results]

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tokeff.cli import artifacts, decode, ensemble, evaluate, kvquant, models, transplant, watermark
+from tokeff.cli import artifacts, decode, dynamic, ensemble, evaluate, kvquant, models, tokenizer, transplant, watermark
 from tokeff.core.errors import TokeffError
 
 app = typer.Typer(
@@ -27,6 +27,8 @@ app.command("verify")(artifacts.verify)
 app.command("decode")(decode.decode)
 app.command("transplant")(transplant.transplant)
 app.command("ensemble")(ensemble.ensemble)
+app.add_typer(tokenizer.app, name="tokenizer")
+app.command("dynamic")(dynamic.dynamic)
 
 
 def _quiet_libraries() -> None:

@@ -43,6 +43,14 @@ def decode(
     kv_quant: KvQuant = None,
     kv_residual: KvResidual = 128,
     kv_sinks: KvSinks = 1,
+    merges: Annotated[int | None, typer.Option(help="dynamic: most merges added per prompt (default 256).")] = None,
+    across_words: Annotated[
+        bool, typer.Option("--across-words", help="dynamic: let merges cross word boundaries.")
+    ] = False,
+    embedding: Annotated[
+        str | None, typer.Option(help="dynamic: a merged token's input embedding from its pieces: mean or last.")
+    ] = None,
+    min_count: Annotated[int | None, typer.Option(help="dynamic: merge only pairs seen this often (default 2).")] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
     trust_remote_code: TrustRemoteCode = False,
@@ -56,7 +64,9 @@ def decode(
 
     if list_methods:
         for name in method_names():
-            console.stdout.print(f"{name}\t{get_method(name).summary}")
+            cls = get_method(name)
+            settings = " ".join(f"--{key.replace('_', '-')}={value}" for key, value in cls.options.items())
+            console.stdout.print(f"{name}\t{cls.summary}" + (f" [{settings}]" if settings else ""))
         return
     if (prompt is None) == (prompt_file is None):
         raise TokeffError("give exactly one of --prompt and --prompt-file")
@@ -78,7 +88,8 @@ def decode(
         name: value
         for name, value in dict(
             draft=draft, draft_tokens=draft_tokens, ngram=ngram, tree_size=tree_size, sinks=sinks, window=window,
-            kv_budget=kv_budget,
+            kv_budget=kv_budget, merges=merges, across_words=across_words or None, embedding=embedding,
+            min_count=min_count,
         ).items()
         if value is not None  # only the flags given, so one that does not apply to the method is an error
     }

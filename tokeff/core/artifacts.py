@@ -38,6 +38,7 @@ FORMAT_VERSION = 1
 KIND_CHECKS: dict[str, str] = {
     "watermark-key": "tokeff.decoding.watermark.keys:check_key_artifact",
     "kvquant": "tokeff.surgery.kvquant.artifact:check_artifact",
+    "tokenizer": "tokeff.tokenizers_tools.artifact:check_tokenizer_artifact",
 }
 
 

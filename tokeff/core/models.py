@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from tokeff.core.device import resolve_device, resolve_dtype
 from tokeff.core.errors import TokeffError
 from tokeff.core.model_checks import tensor_shapes, text_config
-from tokeff.core.resolve import first_line, model_folder
+from tokeff.core.resolve import first_line, model_folder, tokenizer_folder
 
 if TYPE_CHECKING:  # torch and transformers load only after the argument resolved, so typos fail fast
     import torch
@@ -68,7 +68,8 @@ def load_model(
 def load_tokenizer(
     spec: str, trust_remote_code: bool = False, folder: Path | None = None
 ) -> PreTrainedTokenizerBase:
-    folder = folder or model_folder(spec)
+    """The tokenizer of a model argument, or of a tokenizer-only folder (e.g. from `tokeff tokenizer train`)."""
+    folder = folder or tokenizer_folder(spec)
     from transformers import AutoTokenizer
 
     try:

@@ -53,6 +53,17 @@ def model_folder(spec: str) -> Path:
     )
 
 
+def tokenizer_folder(spec: str) -> Path:
+    """The folder holding a tokenizer argument's tokenizer: a tokenizer-only folder (a tokenizer.json
+    and no model; a tokeff tokenizer artifact is verified first), else the model's folder."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file() and (path / "tokenizer.json").is_file():
+        if is_artifact(path):
+            load_artifact(path, kind="tokenizer")
+        return path
+    return model_folder(spec)
+
+
 def cached_folder(builtin: BuiltinModel) -> Path:
     return tokeff_home() / "models" / builtin.gguf_sha256[:16]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from tokeff.core.errors import TokeffError
 from tokeff.decoding.registry import DecodeMethod, register
 from tokeff.decoding.runner import CachedRunner
@@ -13,6 +15,16 @@ from tokeff.decoding.types import DecodeResult, DecodeStats, Prompt, TextCallbac
 class Autoregressive(DecodeMethod):
     prefill_chunk: int | None = None  # feed long prompts in pieces of this many tokens (bounded caches)
 
+    def prefill(self, runner: CachedRunner, prompt: Prompt) -> torch.Tensor:
+        """Next-token logits after the whole prompt; a subclass may feed the prompt differently."""
+        feed = prompt.ids
+        chunk = self.prefill_chunk or len(feed)
+        while len(feed) > chunk:
+            runner.forward(feed[:chunk], logits_to_keep=1)
+            feed = feed[chunk:]
+        # Only the last position's logits: a 262k vocabulary makes a long prompt's full logits costly.
+        return runner.forward(feed, logits_to_keep=1)[-1]
+
     def generate(self, prompt: Prompt, on_text: TextCallback | None = None) -> DecodeResult:
         if not prompt.ids:
             raise TokeffError("the prompt produced no tokens")
@@ -22,19 +34,14 @@ class Autoregressive(DecodeMethod):
         streamer = CallbackStreamer(self.lm.tokenizer, on_text)
         eos = self.lm.eos_token_ids if self.config.stop_at_eos else set()
         generated: list[int] = []
-        feed = prompt.ids
-        chunk = self.prefill_chunk or len(feed)
-        while len(feed) > chunk:
-            runner.forward(feed[:chunk], logits_to_keep=1)
-            feed = feed[chunk:]
+        logits = self.prefill(runner, prompt)
         while len(generated) < self.config.max_new_tokens:
-            # Only the last position's logits: a 262k vocabulary makes a long prompt's full logits costly.
-            token = chooser.choose(runner.forward(feed, logits_to_keep=1)[-1], prompt.ids + generated)
+            token = chooser.choose(logits, prompt.ids + generated)
             generated.append(token)
             streamer.push([token])
-            if token in eos:
+            if token in eos or len(generated) == self.config.max_new_tokens:
                 break
-            feed = [token]
+            logits = runner.forward([token])[-1]
         streamer.end()
         stats.new_tokens = len(generated)
         stats.finish()

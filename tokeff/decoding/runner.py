@@ -38,11 +38,18 @@ class CachedRunner:
     def length(self) -> int:
         return self.cache.get_seq_length()
 
-    @torch.inference_mode()
     def forward(self, token_ids: list[int], **model_kwargs) -> torch.Tensor:
         """Logits (float32) for each of `token_ids`, appended after the cached context."""
         inputs = torch.tensor([token_ids], dtype=torch.long, device=self.lm.device)
-        output = self.lm.model(input_ids=inputs, past_key_values=self.cache, use_cache=True, **model_kwargs)
+        return self._run(input_ids=inputs, **model_kwargs)
+
+    def forward_embeds(self, embeds: torch.Tensor, **model_kwargs) -> torch.Tensor:
+        """Logits for positions given as input embeddings [1, n, hidden] (tokens the vocabulary lacks)."""
+        return self._run(inputs_embeds=embeds, **model_kwargs)
+
+    @torch.inference_mode()
+    def _run(self, **model_kwargs) -> torch.Tensor:
+        output = self.lm.model(past_key_values=self.cache, use_cache=True, **model_kwargs)
         self.stats.forward_passes += 1
         self.stats.observe_cache(self.cache)
         return output.logits[0].float()

@@ -1,0 +1,1 @@
+"""Dynamic tokenization: batch-level BPE merges with training-free embeddings and an extended output head."""

@@ -11,7 +11,7 @@ built-ins a user would try instead, all measured in one run on the same prompts.
 - sink and h2o: bits per byte and KV memory through the bounded cache on a wikitext text 4x longer
   than the cache, beside the full cache.
 
-    flock /tmp/tokeff-bench.lock python benchmarks/decode/run.py --prompts 3 --draft-prompts 2 --threads 1 --cache-positions 128
+    flock /tmp/tokeff-bench.lock python benchmarks/decode/run.py --prompts 2 --draft-prompts 1 --new-tokens 64 --threads 1 --cache-positions 128
 """
 
 from __future__ import annotations

@@ -139,6 +139,10 @@ def _dynamic(record: dict) -> str:
         "on those halves only) and only the second half is scored, in the model's own tokens, as "
         "`tokeff decode --method dynamic` uses it.",
         "",
+        f"The batch is small so that this part ran in {record.get('part_seconds', {}).get('dynamic', 0) / 60:.0f} "
+        "minutes on the shared machine; merges need pairs seen at least twice in the batch, so a larger batch "
+        "(the paper's setting) allows more merges than measured here.",
+        "",
         "| run | merges | length reduction | own bpb | dynamic bpb | bpb change | + merge table | at new tokens | model s (own / dynamic) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]

@@ -68,3 +68,14 @@ def test_decode_order_with_a_plain_cache_matches_windows(tiny_model_dir, chunk):
     windows = bits_per_byte(lm, TEXT, context=64, stride=64)
     ordered = bits_per_byte(lm, TEXT, context=64, make_cache=lambda: DynamicCache(config=lm.model.config), chunk=chunk)
     assert torch.allclose(ordered.token_nll, windows.token_nll, atol=1e-4)
+
+
+def test_special_token_strings_in_scored_text_are_text(tiny_gemma_dir):
+    """WikiText spells `<unk>` literally; scoring must read it as text, not as Gemma's unknown-token id."""
+    lm = load_model(tiny_gemma_dir)
+    text = "a <unk> b"
+    assert lm.tokenizer.unk_token_id in lm.encode(text, add_special_tokens=False)  # what a prompt gets
+    plain = lm.encode_plain(text)
+    assert lm.tokenizer.unk_token_id not in plain
+    assert lm.tokenizer.decode(plain) == text
+    assert bits_per_byte(lm, text, context=16).token_ids == plain

@@ -117,9 +117,9 @@ def measure(runners: dict[str, Runner], prompts: list[str], new_tokens: int, lab
 def bounded_caches(lm: LoadedModel, cache_positions: int) -> dict:
     """sink and h2o on wikitext 4x longer than the cache (first half of the file: not the decode prompts)."""
     text = WIKITEXT.read_text(encoding="utf-8")[:40_000]
-    ids = lm.encode(text, add_special_tokens=False)[: 4 * cache_positions]
+    ids = lm.encode_plain(text)[: 4 * cache_positions]
     text = lm.tokenizer.decode(ids)
-    context = len(lm.encode(text, add_special_tokens=False)) + 1  # one decode-order stream
+    context = len(lm.encode_plain(text)) + 1  # one decode-order stream
     results, curves = {}, {}
     for method, options in (("sink", {"sinks": 4, "window": cache_positions - 4}), ("h2o", {"kv_budget": cache_positions})):
         scored = bounded_cache_bpb(get_method(method)(lm, DecodeConfig(), **options), text, context=context, chunk=1)

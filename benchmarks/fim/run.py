@@ -120,7 +120,7 @@ def token_completion(lm, method: str, text: str, max_new_tokens: int):
 
     config = DecodeConfig(max_new_tokens=max_new_tokens, chooser_factory=factory)
     # Same context as the byte level: the document-boundary token, then the text.
-    prompt = Prompt(text=text, ids=[prefix_token_id(lm)] + lm.encode(text, add_special_tokens=False))
+    prompt = Prompt(text=text, ids=[prefix_token_id(lm)] + lm.encode_plain(text))
     started = time.perf_counter()
     result = get_method(method)(lm, config).generate(prompt)
     seconds = time.perf_counter() - started

@@ -145,7 +145,7 @@ def run_model(name: str, args, workdir: Path):
     eval_text = eval_text[: eval_text.rfind("\n") + 1]
 
     # Calibration, as `tokeff kvquant calibrate` does it, with the activations collected once for all bit widths.
-    ids = lm.encode(calibration_file.read_text(), add_special_tokens=False)
+    ids = lm.encode_plain(calibration_file.read_text())
     per = args.cal_context - 1
     prefix = prefix_token_id(lm)
     sequences = [[prefix] + ids[i * per : (i + 1) * per] for i in range(args.samples)]
@@ -175,7 +175,7 @@ def run_model(name: str, args, workdir: Path):
             else:
                 notes[f"quanto-{bits}"] = reason
 
-    eval_ids = lm.encode(eval_text, add_special_tokens=False)
+    eval_ids = lm.encode_plain(eval_text)
     rows = []
     for label, factory in configs.items():
         made = []

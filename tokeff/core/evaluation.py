@@ -141,7 +141,7 @@ def bits_per_byte(
     if not 1 <= stride <= context:
         raise TokeffError(f"--stride must be in 1..{context} (the context), got {stride}")
     started = time.perf_counter()
-    token_ids = lm.encode(text, add_special_tokens=False)
+    token_ids = lm.encode_plain(text)
     if not token_ids:
         raise TokeffError("the text produced no tokens")
     if make_cache is None:

@@ -45,6 +45,14 @@ class LoadedModel:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
 
+    def encode_plain(self, text: str) -> list[int]:
+        """Tokens of raw text (no BOS) in which strings that spell special tokens stay text.
+
+        Scored or calibrated text is data, not a prompt: WikiText's literal `<unk>` must not become
+        Gemma's unknown-token control id, which the model was never meant to predict.
+        """
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
 
 def load_model(
     spec: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False

@@ -62,7 +62,7 @@ class TextBridge:
 
     def to_target(self, draft_ids: list[int]) -> list[int]:
         text = self._text(self.draft_bytes, draft_ids)
-        return self.target.encode(text, add_special_tokens=False) if text else []
+        return self.target.encode_plain(text) if text else []
 
 
 class DraftModelDrafter(Drafter):

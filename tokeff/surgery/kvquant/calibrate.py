@@ -49,7 +49,7 @@ def calibrate(
     if not MIN_CONTEXT <= context <= (limit or context):
         raise TokeffError(f"--context must be in {MIN_CONTEXT}..{limit}, got {context}")
     started = time.perf_counter()
-    ids = lm.encode(text, add_special_tokens=False)
+    ids = lm.encode_plain(text)
     per = context - 1
     needed = samples * per
     if len(ids) < needed:

@@ -63,7 +63,7 @@ class DynamicReport:
 
 
 def segments_of(lm: LoadedModel, text: str, context: int) -> list[list[int]]:
-    ids = lm.encode(text, add_special_tokens=False)
+    ids = lm.encode_plain(text)
     if not ids:
         raise TokeffError("the text produced no tokens")
     size = context - 1

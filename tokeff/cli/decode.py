@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-from tokeff.cli.options import Device, Dtype, Json, KvQuant, KvResidual, KvSinks, TrustRemoteCode
+from tokeff.cli.options import (
+    Device, Dtype, Json, KvBudget, KvQuant, KvResidual, KvSinks, Sinks, TrustRemoteCode, Window,
+)
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
 
@@ -34,11 +36,9 @@ def decode(
     tree_size: Annotated[
         int | None, typer.Option(help="recycle: draft-tree nodes per step (default: adaptive to this machine).")
     ] = None,
-    sinks: Annotated[int | None, typer.Option(help="sink: attention-sink tokens kept (default 4).")] = None,
-    window: Annotated[
-        int | None, typer.Option(help="sink: recent tokens kept (default 1020); h2o: recent part of the budget.")
-    ] = None,
-    kv_budget: Annotated[int | None, typer.Option(help="h2o: positions kept per layer and head (default 512).")] = None,
+    sinks: Sinks = None,
+    window: Window = None,
+    kv_budget: KvBudget = None,
     watermark: Annotated[Path | None, typer.Option(help="Watermark the text with this key (`tokeff watermark keygen`).")] = None,
     kv_quant: KvQuant = None,
     kv_residual: KvResidual = 128,

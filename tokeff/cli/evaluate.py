@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from tokeff.cli.options import (
-    Device, Dtype, EnsembleMode, EnsembleWeights, Json, KvQuant, KvResidual, KvSinks, Models, TrustRemoteCode,
+    Device, Dtype, EnsembleMode, EnsembleWeights, Json, KvBudget, KvQuant, KvResidual, KvSinks, Models, Sinks,
+    TrustRemoteCode, Window,
 )
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
@@ -29,11 +30,9 @@ def bpb(
         str | None,
         typer.Option(help="Score in decode order through a bounded cache (sink, h2o), beside the full cache."),
     ] = None,
-    sinks: Annotated[int | None, typer.Option(help="sink: attention-sink tokens kept (default 4).")] = None,
-    window: Annotated[
-        int | None, typer.Option(help="sink: recent tokens kept (default 1020); h2o: recent part of the budget.")
-    ] = None,
-    kv_budget: Annotated[int | None, typer.Option(help="h2o: positions kept per layer and head (default 512).")] = None,
+    sinks: Sinks = None,
+    window: Window = None,
+    kv_budget: KvBudget = None,
     kv_quant: KvQuant = None,
     kv_residual: KvResidual = 128,
     kv_sinks: KvSinks = 1,

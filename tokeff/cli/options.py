@@ -24,3 +24,9 @@ KvQuant = Annotated[
 ]
 KvResidual = Annotated[int, typer.Option(help="With --kv-quant: recent tokens kept in full precision.")]
 KvSinks = Annotated[int, typer.Option(help="With --kv-quant: first tokens kept in full precision (attention sinks).")]
+# Bounded KV caches (`tokeff decode --method sink|h2o`, `tokeff eval bpb --method sink|h2o`).
+Sinks = Annotated[int | None, typer.Option(help="sink: attention-sink tokens kept (default 4).")]
+Window = Annotated[
+    int | None, typer.Option(help="sink: recent tokens kept (default 1020); h2o: recent part of the budget.")
+]
+KvBudget = Annotated[int | None, typer.Option(help="h2o: positions kept per layer and head (default 512).")]

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokeff.core.errors import TokeffError
-from tokeff.kernels.omp import omp, omp_gram
+from tokeff.kernels.anchors import nearest_anchors
+from tokeff.kernels.omp import omp, omp_candidates
 from tokeff.surgery.transplant.pipeline import TransplantOptions, transplant
 from tokeff.surgery.transplant.vocab import match_vocabularies
 from tokeff.tokenizers_tools.canonical import vocab_bytes
@@ -35,11 +36,16 @@ def _brute_force_omp(target: torch.Tensor, dictionary: torch.Tensor, k: int) -> 
 def test_omp_matches_brute_force():
     torch.manual_seed(0)
     dictionary, targets = torch.randn(120, 24), torch.randn(10, 24)
-    for method in (omp, omp_gram):
-        picked, coefficients = method(targets, dictionary, 6)
+    candidates = torch.stack([torch.randperm(120)[:40] for _ in targets])
+    codes = {
+        "shared": (omp(targets, dictionary, 6), lambda row: dictionary),
+        "per target": (omp(targets, dictionary[candidates], 6), lambda row: dictionary[candidates[row]]),
+        "numba": (omp_candidates(targets, dictionary, candidates, 6), lambda row: dictionary[candidates[row]]),
+    }
+    for name, ((picked, coefficients), atoms_of) in codes.items():
         for row in range(len(targets)):
-            expected_ids, expected = _brute_force_omp(targets[row], dictionary, 6)
-            assert picked[row].tolist() == expected_ids
+            expected_ids, expected = _brute_force_omp(targets[row], atoms_of(row), 6)
+            assert picked[row].tolist() == expected_ids, name
             torch.testing.assert_close(coefficients[row].double(), expected, atol=1e-4, rtol=1e-4)
 
 
@@ -47,10 +53,20 @@ def test_omp_recovers_sparse_code():
     torch.manual_seed(1)
     dictionary = torch.randn(200, 64)
     target = 2.0 * dictionary[3] - 0.5 * dictionary[77] + 1.5 * dictionary[150]
-    picked, coefficients = omp_gram(target.unsqueeze(0), dictionary, 3)
+    picked, coefficients = omp_candidates(target.unsqueeze(0), dictionary, torch.arange(200).unsqueeze(0), 3)
     code = dict(zip(picked[0].tolist(), coefficients[0].tolist()))
     assert code.keys() == {3, 77, 150}
     assert code[3] == pytest.approx(2.0, abs=1e-3) and code[77] == pytest.approx(-0.5, abs=1e-3)
+
+
+def test_nearest_anchors_are_the_top_cosines():
+    torch.manual_seed(2)
+    queries, anchors = torch.randn(5, 16), torch.randn(300, 16)
+    cosine = torch.nn.functional.cosine_similarity(queries.unsqueeze(1), anchors.unsqueeze(0), dim=2)
+    for absolute, ranked in ((False, cosine), (True, cosine.abs())):
+        ids, scores = nearest_anchors(queries, anchors, 7, absolute=absolute)
+        assert ids.tolist() == ranked.topk(7, dim=1).indices.tolist()
+        torch.testing.assert_close(scores, cosine.gather(1, ids))
 
 
 def test_byte_level_and_sentencepiece_share_by_canonical_bytes(byte_level_tokenizer, sentencepiece_tokenizer):

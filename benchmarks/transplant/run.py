@@ -6,13 +6,14 @@ and every output are scored in bits per byte on held-out WikiText (bytes from th
 wikitext2-valid.txt; no method looks at text, so nothing is calibrated on it).
 
     PYTHONPATH=. python benchmarks/transplant/run.py [--pairs gemma3-270m:smollm2-135m] [--methods zero,omp] [--max-bytes N]
-        [--mergekit /work/venvs/mergekit/bin/mergekit-tokensurgeon] [--mergekit-timeout S]
+        [--mergekit /work/venvs/mergekit/bin/mergekit-tokensurgeon] [--mergekit-timeout S[,S]]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,8 @@ def timed(command: list[str], timeout: float) -> dict:
             )
             rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-400:]
         except subprocess.TimeoutExpired as exc:
-            rc, tail = None, str(exc.stderr or "")[-400:]
+            output = exc.stderr or b""
+            rc, tail = None, (output.decode(errors="replace") if isinstance(output, bytes) else output)[-400:]
         rss = next((int(line.split(":")[1]) for line in Path(stats.name).read_text().splitlines() if "Maximum resident" in line), None) if rc is not None else None
     return {"seconds": time.perf_counter() - started, "peak_rss_mib": rss / 1024 if rss else None, "rc": rc, "tail": tail}
 
@@ -69,8 +71,8 @@ def run_pair(base: str, donor: str, text: str, work: Path, methods: list[str], m
         print(f"{base} <- {donor} tokeff {method}: {row}", file=sys.stderr)
     if mergekit:
         out = work / f"{base}-{donor}-mergekit"
-        run = timed([mergekit, str(model_folder(base)), str(model_folder(donor)), str(out), "--allow-crimes", "--quiet"], mergekit_timeout)
-        row = {"method": "mergekit-tokensurgeon omp", **run}
+        run = timed([mergekit, str(model_folder(base)), str(model_folder(donor)), str(out), "--allow-crimes"], mergekit_timeout)
+        row = {"method": "mergekit-tokensurgeon omp", **run, "progress": progress(run["tail"])}
         if run["rc"] == 0:
             row.update(score(str(out), text))
         rows["mergekit"] = row
@@ -78,14 +80,42 @@ def run_pair(base: str, donor: str, text: str, work: Path, methods: list[str], m
     return {"base": base, "donor": donor, "rows": list(rows.values())}
 
 
+def progress(tail: str) -> str | None:
+    """The last 'done/total' of a tqdm bar in a process's output (how far a timed-out run got)."""
+    counts = re.findall(r"(\d+)/(\d+) \[", tail)
+    return f"{counts[-1][0]} of {counts[-1][1]} batches" if counts else None
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = results["pairs"]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4), squeeze=False)
+    for axis, pair in zip(axes[0], pairs):
+        rows = [row for row in pair["rows"] if "bpb" in row]
+        axis.barh([row["method"] for row in rows], [row["bpb"] for row in rows], color="tab:blue")
+        for y, row in enumerate(rows):
+            axis.text(row["bpb"], y, f" {row['bpb']:.3f}", va="center", fontsize=8)
+        axis.invert_yaxis()
+        axis.set_xlabel("bits per byte (held-out WikiText, lower is better)")
+        axis.set_title(f"{pair['base']} given {pair['donor']}'s tokenizer", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 NOTES = """
 ## How it works and what to expect
 
 - Shared tokens are matched by canonical bytes (`Ġthe` = `▁the`, `<0x0A>` = `Ċ`), special tokens by
   role (bos, eos, pad, unk, chat turn start/end) or `--map DONOR=BASE`; shared rows are copied exactly.
-- `omp` (default, k=64): each new token's donor embedding is coded over shared anchors; on the CPU each
-  token searches a pool of ~2,048 nearby anchors (k-means clusters of the anchors) with Batch-OMP
-  from one Gram matrix per pool (Numba); on a GPU one batched OMP runs over all anchors.
+- `omp` (default, k=64): each new token's donor embedding is coded over shared anchors. One similarity
+  matmul first picks each token's 256 (at least 4k) best-correlated anchors; OMP then searches only
+  those: Batch-OMP per token in Numba on the CPU, batched torch on a GPU. `benchmarks/transplant/holdout.py`
+  measures what that narrowing does to the codes (docs/transplant-holdout.md).
 - Only the embedding matrices are held in memory; other tensors are streamed shard by shard, so a
   70B checkpoint needs its embedding and lm_head (a few GB) plus one shard: run
   `tokeff transplant /path/to/70b --donor DONOR -o OUT --device cuda` on one GPU box.
@@ -110,23 +140,33 @@ def write_doc(results: dict, command: str) -> None:
             seconds = f"{row['seconds']:.1f}" if "seconds" in row else "-"
             rss = f"{row['peak_rss_mib']:.0f}" if row.get("peak_rss_mib") else "-"
             note = "" if row.get("rc", 0) == 0 else ("timed out" if row["rc"] is None else f"failed (exit {row['rc']})")
+            if row.get("rc", 0) != 0 and row.get("progress"):
+                note += f" after {row['progress']}"
             lines.append(f"| {row['method']} | {bpb} | {seconds} | {rss} | {note} |")
         lines.append("")
+    plot(results, docs / "transplant.png")
+    lines += ["![bits per byte by method](transplant.png)", ""]
     (docs / "transplant.md").write_text("\n".join(lines) + NOTES)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--pairs", default="gemma3-270m:smollm2-135m", help="BASE:DONOR,... ")
+    parser.add_argument("--pairs", default="gemma3-270m:smollm2-135m,smollm2-135m:gemma3-270m", help="BASE:DONOR,... ")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--max-bytes", type=int, default=20_000)
     parser.add_argument("--mergekit", default="/work/venvs/mergekit/bin/mergekit-tokensurgeon")
-    parser.add_argument("--mergekit-timeout", type=float, default=600)
+    parser.add_argument("--mergekit-timeout", default="1800,300", help="seconds: one value, or one per pair")
     args = parser.parse_args()
     text = held_out_text(args.max_bytes)
     mergekit = args.mergekit if args.mergekit and Path(args.mergekit).exists() else None
     with tempfile.TemporaryDirectory(prefix="tokeff-transplant-bench-") as work:
-        pairs = [run_pair(*pair.split(":"), text, Path(work), args.methods.split(","), mergekit, args.mergekit_timeout) for pair in args.pairs.split(",")]
+        pair_specs = args.pairs.split(",")
+        timeouts = [float(t) for t in args.mergekit_timeout.split(",")]
+        timeouts += timeouts[-1:] * (len(pair_specs) - len(timeouts))
+        pairs = [
+            run_pair(*pair.split(":"), text, Path(work), args.methods.split(","), mergekit, timeout)
+            for pair, timeout in zip(pair_specs, timeouts)
+        ]
     results = {"eval_bytes": len(text.encode("utf-8")), "pairs": pairs}
     write_doc(results, "PYTHONPATH=. python benchmarks/transplant/run.py " + " ".join(sys.argv[1:]))
     print(json.dumps(results, indent=2))

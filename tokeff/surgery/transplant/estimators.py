@@ -26,14 +26,16 @@ import numpy as np
 import torch
 
 from tokeff.core import console
-from tokeff.kernels.anchors import anchor_pools
-from tokeff.kernels.omp import omp, omp_gram
+from tokeff.kernels.anchors import nearest_anchors
+from tokeff.kernels.omp import omp, omp_candidates
 from tokeff.surgery.transplant.subword import decompose
 from tokeff.surgery.transplant.vocab import VocabMatch
 
 METHODS = ("omp", "mean", "zero", "subword", "hybrid")
 DONOR_EMBEDDING_METHODS = ("omp", "hybrid")
-DEFAULT_POOL = 2048  # anchors each CPU OMP group searches (see kernels/anchors.py)
+DEFAULT_CANDIDATES = 256  # nearest anchors each new token's OMP searches, at least 4k (kernels/anchors.py)
+_BLOCK = 8192  # new tokens per candidate search: bounds the similarity matrix
+_GPU_FLOATS = 1 << 28  # per-target dictionaries on a GPU are built in batches of about 1 GiB
 HYBRID_LOCAL_WEIGHT = 0.5
 HYBRID_TEMPERATURE = 0.05
 
@@ -77,7 +79,7 @@ def estimate(
     donor_embeddings: torch.Tensor | None,
     k: int,
     device: torch.device,
-    pool_size: int = DEFAULT_POOL,
+    candidates: int = DEFAULT_CANDIDATES,
 ) -> Combination:
     """Combinations for `match.estimated_ids` (in that order)."""
     new = match.new_ids
@@ -88,10 +90,10 @@ def estimate(
     elif method == "subword":
         new_part = _subword(match, base_tokenizer)
     elif method == "omp":
-        new_part = _omp(match, _require(donor_embeddings, method), k, device, pool_size)
+        new_part = _omp(match, _require(donor_embeddings, method), k, device, candidates)
     elif method == "hybrid":
         local = _subword(match, base_tokenizer)
-        glob = _nearest_softmax(match, _require(donor_embeddings, method), k, pool_size)
+        glob = _nearest_softmax(match, _require(donor_embeddings, method), k, device)
         new_part = _blend(local, glob, HYBRID_LOCAL_WEIGHT)
     else:
         raise ValueError(f"unknown method {method}")
@@ -147,33 +149,28 @@ def _anchors(match: VocabMatch, donor_embeddings: torch.Tensor) -> tuple[torch.T
     return targets, anchors, torch.from_numpy(match.base_row[shared])
 
 
-def _omp(match: VocabMatch, donor_embeddings: torch.Tensor, k: int, device: torch.device, pool_size: int) -> Combination:
+def _omp(match: VocabMatch, donor_embeddings: torch.Tensor, k: int, device: torch.device, candidates: int) -> Combination:
     targets, anchors, anchor_rows = _anchors(match, donor_embeddings)
+    width = min(max(candidates, 4 * k), len(anchors))
     indices = torch.zeros(len(targets), k, dtype=torch.long)
     weights = torch.zeros(len(targets), k)
-    if device.type == "cuda":  # one dictionary for all targets: a matmul per step is what a GPU is for
-        dictionary = anchors.to(device)
-        for start in range(0, len(targets), 4096):
-            picked, coefficients = omp(targets[start : start + 4096].to(device), dictionary, k)
-            indices[start : start + 4096], weights[start : start + 4096] = picked.cpu(), coefficients.cpu()
-    else:
-        groups = anchor_pools(targets, anchors, max(pool_size, 4 * k))
-        for rows, pool in console.track(groups, "OMP"):
-            picked, coefficients = omp_gram(targets[rows], anchors[pool], min(k, len(pool)))
-            indices[rows, : picked.shape[1]] = pool[picked]
-            weights[rows, : picked.shape[1]] = coefficients
+    dictionary = anchors.to(device)
+    for start in console.track(range(0, len(targets), _BLOCK), "OMP"):
+        block = targets[start : start + _BLOCK].to(device)
+        nearest, _ = nearest_anchors(block, dictionary, width, absolute=True)
+        if device.type == "cuda":  # batched torch; each target's own dictionary is a gather
+            step = max(1, _GPU_FLOATS // (width * dictionary.shape[1]))
+            codes = [omp(block[i : i + step], dictionary[nearest[i : i + step]], k) for i in range(0, len(block), step)]
+            picked, coefficients = torch.cat([c[0] for c in codes]), torch.cat([c[1] for c in codes])
+        else:
+            picked, coefficients = omp_candidates(block, dictionary, nearest, k)
+        rows = slice(start, start + len(block))
+        indices[rows], weights[rows] = nearest.gather(1, picked.to(nearest.device)).cpu(), coefficients.cpu()
     return Combination(anchor_rows[indices], weights, torch.zeros(len(targets)))
 
 
-def _nearest_softmax(match: VocabMatch, donor_embeddings: torch.Tensor, k: int, pool_size: int) -> Combination:
+def _nearest_softmax(match: VocabMatch, donor_embeddings: torch.Tensor, k: int, device: torch.device) -> Combination:
     targets, anchors, anchor_rows = _anchors(match, donor_embeddings)
-    unit_targets = torch.nn.functional.normalize(targets, dim=1)
-    unit_anchors = torch.nn.functional.normalize(anchors, dim=1)
-    indices = torch.zeros(len(targets), k, dtype=torch.long)
-    weights = torch.zeros(len(targets), k)
-    for rows, pool in anchor_pools(targets, anchors, max(pool_size, 4 * k)):
-        similarity = unit_targets[rows] @ unit_anchors[pool].T
-        top, where = similarity.topk(min(k, len(pool)), dim=1)
-        indices[rows, : top.shape[1]] = pool[where]
-        weights[rows, : top.shape[1]] = torch.softmax(top / HYBRID_TEMPERATURE, dim=1)
-    return Combination(anchor_rows[indices], weights, torch.zeros(len(targets)))
+    nearest, similarity = nearest_anchors(targets.to(device), anchors.to(device), k)
+    weights = torch.softmax(similarity / HYBRID_TEMPERATURE, dim=1)
+    return Combination(anchor_rows[nearest.cpu()], weights.cpu(), torch.zeros(len(targets)))

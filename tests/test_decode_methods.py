@@ -183,11 +183,11 @@ def test_tree_attention_matches_each_path_alone(models, family):
 def test_ngram_index_finds_the_latest_longest_match():
     index = NgramIndex(3)
     index.extend([1, 2, 3, 9, 1, 2, 3, 7, 5, 2, 3])
-    assert index.continuation(3) == [7, 5, 2]  # (2, 3) last continued with 7; the 3-gram (5, 2, 3) never occurred
+    assert index.continuation(3) == ([7, 5, 2], 2)  # (2, 3) last continued with 7; the 3-gram (5, 2, 3) never occurred
     index.extend([4])
-    assert index.continuation(5) == []
+    assert index.continuation(5) == ([], 0)
     index.extend([1, 2])
-    assert index.continuation(2) == [3, 7]  # latest (1, 2) was followed by 3, then 7
+    assert index.continuation(2) == ([3, 7], 2)  # latest (1, 2) was followed by 3, then 7
 
 
 def test_budget_sizes_trees_by_measured_cost():

@@ -2,7 +2,9 @@
 occurrence of the context's last n-gram (longest n first); one forward pass verifies it.
 
 The draft length is capped per step by `DraftBudget` (measured acceptance per depth against measured
-step cost), or fixed with `--draft-tokens`.
+step cost), or fixed with `--draft-tokens`. Acceptance is measured separately for each matched n-gram
+length: a continuation found by a 3-gram is accepted far more often than one found by a 1-gram, so
+the budget drafts long after a long match and little or nothing after a short one.
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ class NgramIndex:
                 self.follows[tuple(self.tokens[end - n : end])] = end
             self.tokens.append(token)
 
-    def continuation(self, length: int) -> list[int]:
-        """What followed the latest earlier occurrence of the longest matching suffix n-gram."""
+    def continuation(self, length: int) -> tuple[list[int], int]:
+        """What followed the latest earlier occurrence of the longest matching suffix n-gram, and that n
+        (0 when nothing matched)."""
         for n in range(min(self.max_n, len(self.tokens)), 0, -1):
             start = self.follows.get(tuple(self.tokens[-n:]))
             if start is not None:
-                return self.tokens[start : start + length]
-        return []
+                return self.tokens[start : start + length], n
+        return [], 0
 
 
 class LookupDrafter(Drafter):
@@ -51,24 +54,26 @@ class LookupDrafter(Drafter):
         self.index.extend(prompt_ids)
         self.budget = budget
         self.candidates = DraftTree.chain(0, [])
+        self.matched = 0
 
     def propose(self, context: list[int], limit: int) -> Draft:
         self.index.extend(context[len(self.index.tokens) :])
-        self.candidates = DraftTree.chain(context[-1], self.index.continuation(min(MAX_DRAFT, limit)))
+        tokens, self.matched = self.index.continuation(min(MAX_DRAFT, limit))
+        self.candidates = DraftTree.chain(context[-1], tokens)
         depth = range(len(self.candidates))
-        return Draft(self.budget.select(self.candidates, _slots(depth), depth, limit).tree)
+        return Draft(self.budget.select(self.candidates, _slots(depth, self.matched), depth, limit).tree)
 
     def observe(self, draft: Draft, logits, accepted: Acceptance, seconds: float) -> None:
         depth = range(len(self.candidates))
-        self.budget.observe(self.candidates, _slots(depth), depth, accepted.tokens, len(draft.tree), seconds)
+        self.budget.observe(self.candidates, _slots(depth, self.matched), depth, accepted.tokens, len(draft.tree), seconds)
 
     def details(self) -> dict[str, Any]:
         return {"draft_tokens": self.budget.fixed or "adaptive"}
 
 
-def _slots(depth: range) -> list[int]:
-    """Rate slot of each chain node: one per depth (the root's slot is never read)."""
-    return [max(d - 1, 0) for d in depth]
+def _slots(depth: range, matched: int) -> list[int]:
+    """Rate slot of each chain node: one per (matched n-gram length, depth); the root's is never read."""
+    return [(max(matched, 1) - 1) * MAX_DRAFT + max(d - 1, 0) for d in depth]
 
 
 @register
@@ -84,7 +89,7 @@ class PromptLookup(DraftingMethod):
         if self.opts["draft_tokens"] is not None and self.opts["draft_tokens"] < 1:
             raise TokeffError(f"--draft-tokens must be >= 1, got {self.opts['draft_tokens']}")
         # Kept across generations: the machine's step cost and the drafts' hit rates carry over.
-        self.budget = DraftBudget([0.6] * MAX_DRAFT, fixed=self.opts["draft_tokens"])
+        self.budget = DraftBudget([0.6] * MAX_DRAFT * self.opts["ngram"], fixed=self.opts["draft_tokens"])
 
     def drafter(self, prompt: Prompt, chooser: TokenChooser) -> Drafter:
         return LookupDrafter(prompt.ids, self.opts["ngram"], self.budget)

@@ -224,3 +224,19 @@ def test_real_pair_gemma_given_smollm2_tokenizer(tmp_path):
         top = model(ids).logits[0, -1].topk(5).indices.tolist()
     assert all(0 <= i < len(tokenizer) for i in top)
     assert np.isfinite(model(ids).logits.detach().numpy()).all()
+
+
+def test_base_bos_kept_when_donor_adds_none(tmp_path, tiny_llama_dir, tiny_gemma_dir):
+    """Gemma starts every text with <bos>; given a tokenizer that adds none, the output tokenizer must
+    still start with the donor token that carries the base <bos> row."""
+    out = tmp_path / "out"
+    transplant(str(tiny_gemma_dir), str(tiny_llama_dir), out, TransplantOptions(method="subword"))
+    base_tokenizer, tokenizer = AutoTokenizer.from_pretrained(tiny_gemma_dir), AutoTokenizer.from_pretrained(out)
+    assert AutoTokenizer.from_pretrained(tiny_llama_dir)("a")["input_ids"][0] != tokenizer.bos_token_id
+    first = tokenizer("a")["input_ids"][0]
+    assert first == tokenizer.bos_token_id
+    base = load_file(str(tiny_gemma_dir / "model.safetensors"))["model.embed_tokens.weight"]
+    new = load_file(str(out / "model.safetensors"))["model.embed_tokens.weight"]
+    torch.testing.assert_close(new[first], base[base_tokenizer.bos_token_id])
+    manifest = json.loads((out / "tokeff.json").read_text())
+    assert manifest["parameters"]["transplant"]["bos_added"] == tokenizer.convert_ids_to_tokens(first)

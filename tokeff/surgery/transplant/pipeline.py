@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import processors
 
 from tokeff.core import console
 from tokeff.core.artifacts import MANIFEST_NAME, ArtifactWriter, check_output_path
@@ -78,6 +79,7 @@ def transplant(base: str, donor: str, out: Path, options: TransplantOptions, for
     combination = estimate(options.method, match, base_tokenizer, donor_embeddings, k, device)
     del donor_embeddings
     rows = _padded(max(match.donor_rows, len(donor_tokenizer)), options.pad_to)
+    bos_added = _keep_base_bos(base_tokenizer, donor_tokenizer, match)
     replacements = {name: _rebuild(checkpoint.read(name), match, combination, rows) for name in layout.names}
 
     parameters = {
@@ -85,6 +87,7 @@ def transplant(base: str, donor: str, out: Path, options: TransplantOptions, for
             "method": options.method, "k": k if options.method in DONOR_EMBEDDING_METHODS else None,
             "pad_to": options.pad_to, "maps": list(options.maps), "donor_tokenizer_only": options.donor_tokenizer_only,
             "tied_embeddings": layout.tied, "architecture": layout.architecture, "vocab_rows": rows,
+            "bos_added": bos_added,
         }
     }
     with ArtifactWriter(out, kind="model", force=force, parameters=parameters) as writer:
@@ -115,6 +118,31 @@ def _check_options(options: TransplantOptions) -> None:
         raise TokeffError(f"--k must be at least 1, got {options.k}")
     if options.pad_to < 1:
         raise TokeffError(f"--pad-to must be at least 1, got {options.pad_to}")
+
+
+def _adds_bos(tokenizer) -> bool:
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]
+
+
+def _keep_base_bos(base_tokenizer, donor_tokenizer, match: VocabMatch) -> str | None:
+    """When the base tokenizer starts every text with BOS and the donor's does not, make the output
+    tokenizer start with the donor token that carries the base BOS row. Models trained always to see
+    BOS (Gemma) degrade badly without it; the donor's own habit does not matter to the base model."""
+    if not _adds_bos(base_tokenizer) or _adds_bos(donor_tokenizer):
+        return None
+    carriers = [d for d, (b, _) in match.special_matches.items() if b == base_tokenizer.bos_token_id]
+    if not carriers:
+        console.warn(f"the base model expects {base_tokenizer.bos_token} first, and no donor token maps to it (use --map)")
+        return None
+    token_id = donor_tokenizer.bos_token_id if donor_tokenizer.bos_token_id in carriers else min(carriers)
+    token = donor_tokenizer.convert_ids_to_tokens(token_id)
+    donor_tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{token} $A", pair=f"{token} $A {token} $B", special_tokens=[(token, token_id)]
+    )
+    donor_tokenizer.bos_token = token
+    console.info(f"the output tokenizer starts every text with {token} (the base model's {base_tokenizer.bos_token} row)")
+    return token
 
 
 def _donor_folder(donor: str, tokenizer_only: bool) -> Path:

@@ -64,3 +64,14 @@ def test_shared_tokens_found_across_families(byte_level_tokenizer, sentencepiece
     assert not spaced_raw
     assert sum(1 for t in canonical_shared if t.startswith(b" ")) > 20
     assert b.id_of(b" ") is not None and a.id_of(b" ") is not None
+
+
+def test_regular_piece_preferred_over_byte_fallback(sentencepiece_tokenizer):
+    """`!` and `<0x21>` spell the same byte; the tokenizer emits only `!`, so matching must pick it."""
+    vocab = vocab_bytes(sentencepiece_tokenizer)
+    both = [i for i in vocab.fallback_ids if sum(data == vocab.token_bytes[i] for data in vocab.token_bytes) > 1]
+    assert both, "the tiny tokenizer should have bytes spelled both ways"
+    for fallback_id in both:
+        chosen = vocab.id_of(vocab.token_bytes[fallback_id])
+        assert chosen not in vocab.fallback_ids
+        assert sentencepiece_tokenizer.convert_ids_to_tokens(chosen) != sentencepiece_tokenizer.convert_ids_to_tokens(fallback_id)

@@ -128,13 +128,17 @@ def write_doc(results: dict, command: str) -> None:
     lines = [
         "# tokeff transplant: benchmark",
         "",
-        f"Reproduce: `{command}` (2 shared CPU cores, timed runs under `flock /tmp/tokeff-bench.lock`).",
+        f"Reproduce: `{command}` (2 shared CPU cores, timed runs under `flock /tmp/tokeff-bench.lock`); "
+        "a pair measured by another command names it under its heading.",
         f"Quality: bits per byte on {results['eval_bytes']:,} bytes of held-out WikiText "
         "(from the middle of `wikitext2-valid.txt`; context 1024). Lower is better; the original is the base model with its own tokenizer.",
         "",
     ]
     for pair in results["pairs"]:
-        lines += [f"## {pair['base']} given {pair['donor']}'s tokenizer", "", "| method | bits/byte | wall s | peak RSS MiB | note |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"## {pair['base']} given {pair['donor']}'s tokenizer", ""]
+        if pair.get("command", command) != command:
+            lines += [f"Measured by `{pair['command']}`.", ""]
+        lines += ["| method | bits/byte | wall s | peak RSS MiB | note |", "| --- | --- | --- | --- | --- |"]
         for row in pair["rows"]:
             bpb = f"{row['bpb']:.4f}" if "bpb" in row else "-"
             seconds = f"{row['seconds']:.1f}" if "seconds" in row else "-"
@@ -156,6 +160,7 @@ def main() -> None:
     parser.add_argument("--max-bytes", type=int, default=20_000)
     parser.add_argument("--mergekit", default="/work/venvs/mergekit/bin/mergekit-tokensurgeon")
     parser.add_argument("--mergekit-timeout", default="1800,300", help="seconds: one value, or one per pair")
+    parser.add_argument("--update", action="store_true", help="keep the other pairs of docs/transplant.json (same --max-bytes)")
     args = parser.parse_args()
     text = held_out_text(args.max_bytes)
     mergekit = args.mergekit if args.mergekit and Path(args.mergekit).exists() else None
@@ -167,8 +172,19 @@ def main() -> None:
             run_pair(*pair.split(":"), text, Path(work), args.methods.split(","), mergekit, timeout)
             for pair, timeout in zip(pair_specs, timeouts)
         ]
+    command = "PYTHONPATH=. python benchmarks/transplant/run.py " + " ".join(sys.argv[1:])
+    for pair in pairs:
+        pair["command"] = command
     results = {"eval_bytes": len(text.encode("utf-8")), "pairs": pairs}
-    write_doc(results, "PYTHONPATH=. python benchmarks/transplant/run.py " + " ".join(sys.argv[1:]))
+    previous = ROOT / "docs" / "transplant.json"
+    if args.update and previous.is_file():
+        old = json.loads(previous.read_text())
+        if old["eval_bytes"] != results["eval_bytes"]:
+            raise SystemExit(f"--update: docs/transplant.json was measured on {old['eval_bytes']} bytes, not {results['eval_bytes']}")
+        ran = {(pair["base"], pair["donor"]) for pair in pairs}
+        kept = [pair for pair in old["pairs"] if (pair["base"], pair["donor"]) not in ran]
+        results["pairs"] = pairs + kept
+    write_doc(results, command)
     print(json.dumps(results, indent=2))
 
 

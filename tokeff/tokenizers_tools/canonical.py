@@ -50,18 +50,23 @@ class VocabBytes:
     token_bytes: list[bytes | None]
     special_ids: frozenset[int]
     byte_fallback: bool = False
+    fallback_ids: frozenset[int] = frozenset()  # `<0xNN>` byte-fallback pieces
     _index: dict[bytes, int] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.token_bytes)
 
     def id_of(self, data: bytes) -> int | None:
-        """The token whose canonical bytes are exactly `data` (the lowest id if several)."""
+        """The token whose canonical bytes are exactly `data`: the lowest id if several, but a regular
+        piece before a `<0xNN>` byte-fallback one (Gemma has both `!` and `<0x21>`; its tokenizer only
+        emits the first, so only that row is well trained)."""
         if self._index is None:
             index: dict[bytes, int] = {}
             for token_id, token in enumerate(self.token_bytes):
-                if token is not None:
+                if token is not None and token_id not in self.fallback_ids:
                     index.setdefault(token, token_id)
+            for token_id in sorted(self.fallback_ids):
+                index.setdefault(self.token_bytes[token_id], token_id)
             self._index = index
         return self._index.get(data)
 
@@ -99,6 +104,7 @@ def vocab_bytes(tokenizer: PreTrainedTokenizerBase) -> VocabBytes:
     added = backend.get_added_tokens_decoder()
     special = frozenset(token_id for token_id, token in added.items() if token.special)
     token_bytes: list[bytes | None] = [None] * size
+    fallback: set[int] = set()
     for piece, token_id in vocab.items():
         if token_id in special:
             continue
@@ -106,7 +112,11 @@ def vocab_bytes(tokenizer: PreTrainedTokenizerBase) -> VocabBytes:
             token_bytes[token_id] = _literal_bytes(piece, family)
         else:
             token_bytes[token_id] = piece_bytes(piece, family, byte_fallback)
-    return VocabBytes(family=family, token_bytes=token_bytes, special_ids=special, byte_fallback=byte_fallback)
+            if family is TokenizerFamily.SENTENCEPIECE and byte_fallback and _byte_piece(piece) is not None:
+                fallback.add(token_id)
+    return VocabBytes(
+        family=family, token_bytes=token_bytes, special_ids=special, byte_fallback=byte_fallback, fallback_ids=frozenset(fallback)
+    )
 
 
 def piece_bytes(piece: str, family: TokenizerFamily, byte_fallback: bool = False) -> bytes | None:
@@ -118,15 +128,22 @@ def piece_bytes(piece: str, family: TokenizerFamily, byte_fallback: bool = False
         except KeyError:  # a character outside the byte alphabet: the model can never emit it from text
             return None
     if family is TokenizerFamily.SENTENCEPIECE:
-        if byte_fallback and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
-            try:
-                return bytes([int(piece[3:5], 16)])
-            except ValueError:
-                pass
+        if byte_fallback and (value := _byte_piece(piece)) is not None:
+            return bytes([value])
         return piece.replace(SPIECE_SPACE, " ").encode("utf-8")
     if piece.startswith("##"):
         return piece[2:].encode("utf-8")
     return (" " + piece).encode("utf-8")
+
+
+def _byte_piece(piece: str) -> int | None:
+    """The byte a SentencePiece `<0xNN>` byte-fallback piece stands for, else None."""
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        try:
+            return int(piece[3:5], 16)
+        except ValueError:
+            return None
+    return None
 
 
 def _literal_bytes(content: str, family: TokenizerFamily) -> bytes:

@@ -3,7 +3,7 @@
 OMP over every anchor costs targets × anchors × dim × k; with a 262k-token donor that is hours on
 a CPU. One similarity matmul instead picks each target's few hundred best-correlated anchors,
 and OMP then searches only those. Measured on gemma3-270m/smollm2-135m (held-out shared tokens,
-docs/transplant.md) this also codes better than searching all anchors: it keeps OMP's later
+docs/transplant-holdout.md) this also codes better than searching all anchors: it keeps OMP's later
 picks from fitting the donor space with far-away tokens whose base rows do not follow.
 """
 

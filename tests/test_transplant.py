@@ -182,6 +182,8 @@ def test_bad_input(tmp_path, tiny_llama_dir, tiny_gemma_dir):
         transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "b", TransplantOptions(donor_tokenizer_only=True))
     with pytest.raises(TokeffError, match="unknown --method"):
         transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "c", TransplantOptions(method="magic"))
+    with pytest.raises(TokeffError, match="--new-scale must be positive"):
+        transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "d", TransplantOptions(new_scale=0.0))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -240,3 +242,16 @@ def test_base_bos_kept_when_donor_adds_none(tmp_path, tiny_llama_dir, tiny_gemma
     torch.testing.assert_close(new[first], base[base_tokenizer.bos_token_id])
     manifest = json.loads((out / "tokeff.json").read_text())
     assert manifest["parameters"]["transplant"]["bos_added"] == tokenizer.convert_ids_to_tokens(first)
+
+
+def test_new_scale_multiplies_only_estimated_rows(tmp_path, tiny_llama_dir, tiny_gemma_dir):
+    rows = {}
+    for scale in (1.0, 0.5):
+        out = tmp_path / f"x{scale}"
+        transplant(str(tiny_llama_dir), str(tiny_gemma_dir), out, TransplantOptions(method="subword", new_scale=scale))
+        rows[scale] = load_file(str(out / "model.safetensors"))["model.embed_tokens.weight"]
+    match = match_vocabularies(AutoTokenizer.from_pretrained(tiny_llama_dir), AutoTokenizer.from_pretrained(tiny_gemma_dir))
+    new, shared = torch.from_numpy(match.new_ids), torch.from_numpy(match.shared_ids)
+    torch.testing.assert_close(rows[0.5][new], 0.5 * rows[1.0][new])
+    assert rows[1.0][new].abs().sum() > 0
+    torch.testing.assert_close(rows[0.5][shared], rows[1.0][shared])

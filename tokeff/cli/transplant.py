@@ -19,6 +19,9 @@ def transplant(
     method: Annotated[str, typer.Option(help="omp, mean, zero, subword or hybrid.")] = "omp",
     k: Annotated[int, typer.Option("--k", help="Anchors per new token (omp: sparsity; hybrid: neighbours).")] = 64,
     pad_to: Annotated[int, typer.Option(help="Pad the vocabulary rows to a multiple of this.")] = 64,
+    new_scale: Annotated[
+        float, typer.Option(help="Multiply every estimated row by this (below 1 helps models with tied embeddings; docs/transplant.md).")
+    ] = 1.0,
     maps: Annotated[
         list[str] | None,
         typer.Option("--map", help="DONOR_TOKEN=BASE_TOKEN: which base row a donor special token copies (repeatable)."),
@@ -40,7 +43,7 @@ def transplant(
     from tokeff.surgery.transplant.pipeline import TransplantOptions, transplant as run
 
     options = TransplantOptions(
-        method=method, k=k, pad_to=pad_to, maps=maps or [], donor_tokenizer_only=donor_tokenizer_only,
+        method=method, k=k, pad_to=pad_to, new_scale=new_scale, maps=maps or [], donor_tokenizer_only=donor_tokenizer_only,
         eval_text=str(eval_text) if eval_text is not None else None, eval_context=eval_context, device=device,
     )
     result = run(base, donor, output, options, force=force)

@@ -36,6 +36,7 @@ class TransplantOptions:
     method: str = "omp"
     k: int = 64
     pad_to: int = 64
+    new_scale: float = 1.0  # on estimated rows: with tied embeddings they are output rows too (docs/transplant.md)
     maps: list[str] = field(default_factory=list)
     donor_tokenizer_only: bool = False
     eval_text: str | None = None
@@ -80,12 +81,12 @@ def transplant(base: str, donor: str, out: Path, options: TransplantOptions, for
     del donor_embeddings
     rows = _padded(max(match.donor_rows, len(donor_tokenizer)), options.pad_to)
     bos_added = _keep_base_bos(base_tokenizer, donor_tokenizer, match)
-    replacements = {name: _rebuild(checkpoint.read(name), match, combination, rows) for name in layout.names}
+    replacements = {name: _rebuild(checkpoint.read(name), match, combination, rows, options.new_scale) for name in layout.names}
 
     parameters = {
         "transplant": {
             "method": options.method, "k": k if options.method in DONOR_EMBEDDING_METHODS else None,
-            "pad_to": options.pad_to, "maps": list(options.maps), "donor_tokenizer_only": options.donor_tokenizer_only,
+            "pad_to": options.pad_to, "new_scale": options.new_scale, "maps": list(options.maps), "donor_tokenizer_only": options.donor_tokenizer_only,
             "tied_embeddings": layout.tied, "architecture": layout.architecture, "vocab_rows": rows,
             "bos_added": bos_added,
         }
@@ -116,6 +117,8 @@ def _check_options(options: TransplantOptions) -> None:
         )
     if options.k < 1:
         raise TokeffError(f"--k must be at least 1, got {options.k}")
+    if not options.new_scale > 0:
+        raise TokeffError(f"--new-scale must be positive, got {options.new_scale}")
     if options.pad_to < 1:
         raise TokeffError(f"--pad-to must be at least 1, got {options.pad_to}")
 
@@ -169,15 +172,15 @@ def _padded(count: int, multiple: int) -> int:
 
 
 @torch.inference_mode()
-def _rebuild(matrix: torch.Tensor, match: VocabMatch, combination: Combination, rows: int) -> torch.Tensor:
-    """The donor-indexed matrix: copied rows, estimated rows, zero padding up to `rows`."""
+def _rebuild(matrix: torch.Tensor, match: VocabMatch, combination: Combination, rows: int, scale: float) -> torch.Tensor:
+    """The donor-indexed matrix: copied rows, estimated rows (times `scale`), zero padding up to `rows`."""
     out = matrix.new_zeros(rows, matrix.shape[1])
     known = np.flatnonzero(match.base_row >= 0)
     out[torch.from_numpy(known)] = matrix[torch.from_numpy(match.base_row[known])]
     estimated = torch.from_numpy(match.estimated_ids)
     for start in range(0, len(estimated), 16384):  # bounded temporaries on 262k-token vocabularies
         part = Combination(*(t[start : start + 16384] for t in (combination.indices, combination.weights, combination.mean_weight)))
-        out[estimated[start : start + 16384]] = part.apply(matrix).to(matrix.dtype)
+        out[estimated[start : start + 16384]] = (part.apply(matrix) * scale).to(matrix.dtype)
     return out
 
 

@@ -44,6 +44,12 @@ class BpbResult:
         }
 
 
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer starts every encoded text with its BOS token."""
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]
+
+
 def prefix_token_id(lm: LoadedModel) -> int:
     """The token each window starts with: BOS if the tokenizer adds one, else its end-of-text token.
 
@@ -51,8 +57,7 @@ def prefix_token_id(lm: LoadedModel) -> int:
     window with it keeps models that rely on BOS as an attention sink (Gemma) well-behaved.
     """
     tokenizer = lm.tokenizer
-    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
-    if tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id:
+    if adds_bos(tokenizer):
         return tokenizer.bos_token_id
     for candidate in (tokenizer.eos_token_id, tokenizer.bos_token_id):
         if candidate is not None:

@@ -24,6 +24,7 @@ from tokeff.core import console
 from tokeff.core.artifacts import MANIFEST_NAME, ArtifactWriter, check_output_path
 from tokeff.core.device import resolve_device
 from tokeff.core.errors import TokeffError
+from tokeff.core.evaluation import adds_bos
 from tokeff.core.hashing import sha256_file
 from tokeff.core.models import load_model, load_tokenizer
 from tokeff.core.resolve import model_folder
@@ -123,16 +124,11 @@ def _check_options(options: TransplantOptions) -> None:
         raise TokeffError(f"--pad-to must be at least 1, got {options.pad_to}")
 
 
-def _adds_bos(tokenizer) -> bool:
-    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]
-
-
 def _keep_base_bos(base_tokenizer, donor_tokenizer, match: VocabMatch) -> str | None:
     """When the base tokenizer starts every text with BOS and the donor's does not, make the output
     tokenizer start with the donor token that carries the base BOS row. Models trained always to see
     BOS (Gemma) degrade badly without it; the donor's own habit does not matter to the base model."""
-    if not _adds_bos(base_tokenizer) or _adds_bos(donor_tokenizer):
+    if not adds_bos(base_tokenizer) or adds_bos(donor_tokenizer):
         return None
     carriers = [d for d, (b, _) in match.special_matches.items() if b == base_tokenizer.bos_token_id]
     if not carriers:

@@ -43,7 +43,8 @@ def run_pair(base: str, donor: str, held_out: int, ks: list[int], seed: int) -> 
     donor_tokenizer = load_tokenizer(donor)
     match = match_vocabularies(load_tokenizer(base), donor_tokenizer)
     # How often each donor token occurs in the first half of WikiText (the weights of the weighted cosine).
-    text = DATA.read_text()[: len(DATA.read_text()) // 2]
+    text = DATA.read_text()
+    text = text[: len(text) // 2]
     counts = np.bincount(donor_tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"], minlength=match.donor_rows)
     shared = match.shared_ids
     seen = shared[counts[shared] > 0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -116,7 +117,7 @@ def test_transplant_writes_stock_loadable_model(tmp_path, tiny_llama_dir, tiny_g
 def test_omp_rows_apply_donor_codes_to_base_rows(tmp_path, tiny_llama_dir, tiny_gemma_dir):
     """A new token's row is the OMP code (found in the donor space) applied to the base anchors."""
     out = tmp_path / "out"
-    transplant(str(tiny_llama_dir), str(tiny_gemma_dir), out, TransplantOptions(method="omp", k=4))
+    transplant(str(tiny_llama_dir), str(tiny_gemma_dir), out, TransplantOptions(method="omp", k=4, new_scale=1.0))
     match = match_vocabularies(AutoTokenizer.from_pretrained(tiny_llama_dir), AutoTokenizer.from_pretrained(tiny_gemma_dir))
     donor = load_file(str(tiny_gemma_dir / "model.safetensors"))["model.embed_tokens.weight"]
     base = load_file(str(tiny_llama_dir / "model.safetensors"))["model.embed_tokens.weight"]
@@ -184,6 +185,10 @@ def test_bad_input(tmp_path, tiny_llama_dir, tiny_gemma_dir):
         transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "c", TransplantOptions(method="magic"))
     with pytest.raises(TokeffError, match="--new-scale must be positive"):
         transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "d", TransplantOptions(new_scale=0.0))
+    with pytest.raises(TokeffError, match="--new-scale must be auto or a number"):
+        transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "d", TransplantOptions(new_scale="loud"))
+    with pytest.raises(TokeffError, match="--tune-text only serves"):
+        transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "d", TransplantOptions(new_scale=0.5, tune_text="x"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -255,3 +260,54 @@ def test_new_scale_multiplies_only_estimated_rows(tmp_path, tiny_llama_dir, tiny
     torch.testing.assert_close(rows[0.5][new], 0.5 * rows[1.0][new])
     assert rows[1.0][new].abs().sum() > 0
     torch.testing.assert_close(rows[0.5][shared], rows[1.0][shared])
+
+
+def _untied(tmp_path, tiny_llama_dir):
+    folder = tmp_path / "untied"
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    model.config.tie_word_embeddings = False
+    torch.manual_seed(1)
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.5)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(folder)
+    return folder
+
+
+def _bits_per_byte(folder, documents) -> float:
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    nats = 0.0
+    with torch.no_grad():
+        for document in documents:
+            ids = tokenizer(document, return_tensors="pt")["input_ids"]
+            nats += float(torch.nn.functional.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:], reduction="sum"))
+    return nats / math.log(2) / sum(len(d.encode()) for d in documents)
+
+
+def test_auto_new_scale_is_the_best_scale_on_the_tuning_text(tmp_path, tiny_llama_dir, tiny_gemma_dir):
+    """Untied: the scale touches only lm_head rows, so the reported bits per byte at each scale must be
+    what the written model scores, and auto's choice must score at least as well as scale 1."""
+    base = _untied(tmp_path, tiny_llama_dir)
+    tune = tmp_path / "tune.txt"
+    tune.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n" * 6)
+    documents = [tune.read_text()]
+    out = tmp_path / "auto"
+    result = transplant(str(base), str(tiny_gemma_dir), out, TransplantOptions(method="subword", tune_text=str(tune)))
+    choice = result["new_scale"]
+    assert choice["text"] == str(tune) and 0 < choice["value"] <= 1
+    by_scale = {float(s): b for s, b in choice["bits_per_byte_by_scale"].items()}
+    assert by_scale[choice["value"]] == min(by_scale.values())
+    assert abs(_bits_per_byte(out, documents) - by_scale[choice["value"]]) < 1e-3
+    one = tmp_path / "one"
+    transplant(str(base), str(tiny_gemma_dir), one, TransplantOptions(method="subword", new_scale=1.0))
+    assert abs(_bits_per_byte(one, documents) - by_scale[1.0]) < 1e-3
+    tensors, unscaled = load_file(str(out / "model.safetensors")), load_file(str(one / "model.safetensors"))
+    torch.testing.assert_close(tensors["model.embed_tokens.weight"], unscaled["model.embed_tokens.weight"])
+    match = match_vocabularies(AutoTokenizer.from_pretrained(base), AutoTokenizer.from_pretrained(tiny_gemma_dir))
+    new = torch.from_numpy(match.new_ids)
+    torch.testing.assert_close(tensors["lm_head.weight"][new], choice["value"] * unscaled["lm_head.weight"][new])
+
+
+def test_auto_new_scale_samples_from_the_base_model(tmp_path, tiny_llama_dir, tiny_gemma_dir):
+    result = transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "o", TransplantOptions(method="omp", k=4))
+    assert result["new_scale"]["text"] == f"sampled from {tiny_llama_dir}" and result["new_scale"]["tokens"] > 100
+    assert "new_scale" not in transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "z", TransplantOptions(method="zero"))

@@ -20,8 +20,12 @@ def transplant(
     k: Annotated[int, typer.Option("--k", help="Anchors per new token (omp: sparsity; hybrid: neighbours).")] = 64,
     pad_to: Annotated[int, typer.Option(help="Pad the vocabulary rows to a multiple of this.")] = 64,
     new_scale: Annotated[
-        float, typer.Option(help="Multiply every estimated row by this (below 1 helps models with tied embeddings; docs/transplant.md).")
-    ] = 1.0,
+        str,
+        typer.Option(help="Multiply the estimated output rows (tied: input rows too) by this; auto picks it on sampled text."),
+    ] = "auto",
+    tune_text: Annotated[
+        Path | None, typer.Option(help="Text for --new-scale auto (default: text sampled from BASE).")
+    ] = None,
     maps: Annotated[
         list[str] | None,
         typer.Option("--map", help="DONOR_TOKEN=BASE_TOKEN: which base row a donor special token copies (repeatable)."),
@@ -44,7 +48,8 @@ def transplant(
 
     options = TransplantOptions(
         method=method, k=k, pad_to=pad_to, new_scale=new_scale, maps=maps or [], donor_tokenizer_only=donor_tokenizer_only,
-        eval_text=str(eval_text) if eval_text is not None else None, eval_context=eval_context, device=device,
+        eval_text=str(eval_text) if eval_text is not None else None,
+        tune_text=str(tune_text) if tune_text is not None else None, eval_context=eval_context, device=device,
     )
     result = run(base, donor, output, options, force=force)
     if json:
@@ -55,6 +60,8 @@ def transplant(
     table.add_row("method", f"{method}" + (f" (k={result['transplant']['k']})" if result["transplant"]["k"] else ""))
     table.add_row("donor tokens", f"{vocab['donor_tokens']:,} ({result['transplant']['vocab_rows']:,} rows)")
     table.add_row("shared / new / unreachable", f"{vocab['shared']:,} / {vocab['new']:,} / {vocab['unreachable']:,}")
+    if result.get("new_scale"):
+        table.add_row("new output rows scaled by", f"{result['new_scale']['value']:g} ({result['new_scale']['text']})")
     table.add_row("special tokens", ", ".join(f"{s['donor']}->{s['base']} ({s['how']})" for s in result["special_tokens"]))
     quality = result.get("quality")
     if quality:

@@ -28,7 +28,7 @@ from tokeff.core.evaluation import adds_bos
 from tokeff.core.hashing import sha256_file
 from tokeff.core.models import load_model, load_tokenizer
 from tokeff.core.resolve import model_folder
-from tokeff.surgery.transplant.checkpoint import Checkpoint, embedding_layout
+from tokeff.surgery.transplant.checkpoint import Checkpoint, EmbeddingLayout, embedding_layout
 from tokeff.surgery.transplant.estimators import DONOR_EMBEDDING_METHODS, METHODS, Combination, estimate
 from tokeff.surgery.transplant.vocab import VocabMatch, match_vocabularies, parse_maps, same_vocabulary, special_roles
 
@@ -37,7 +37,8 @@ class TransplantOptions:
     method: str = "omp"
     k: int = 64
     pad_to: int = 64
-    new_scale: float = 1.0  # on estimated rows: with tied embeddings they are output rows too (docs/transplant.md)
+    new_scale: str | float = "auto"  # on estimated output rows (scale.py); tied embeddings: input rows too
+    tune_text: str | None = None  # for new_scale="auto"; default: text sampled from the base model
     maps: list[str] = field(default_factory=list)
     donor_tokenizer_only: bool = False
     eval_text: str | None = None
@@ -82,7 +83,8 @@ def transplant(base: str, donor: str, out: Path, options: TransplantOptions, for
     del donor_embeddings
     rows = _padded(max(match.donor_rows, len(donor_tokenizer)), options.pad_to)
     bos_added = _keep_base_bos(base_tokenizer, donor_tokenizer, match)
-    replacements = {name: _rebuild(checkpoint.read(name), match, combination, rows, options.new_scale) for name in layout.names}
+    replacements = {name: _rebuild(checkpoint.read(name), match, combination, rows) for name in layout.names}
+    new_scale = _scale_output_rows(base, replacements, layout, match, donor_tokenizer, options, device)
 
     parameters = {
         "transplant": {
@@ -100,6 +102,8 @@ def transplant(base: str, donor: str, out: Path, options: TransplantOptions, for
         _write_config(base_folder, writer.path, donor_tokenizer, rows)
         donor_tokenizer.save_pretrained(writer.path)
         metrics: dict = {"vocabulary": counts, "special_tokens": _special_report(match, base_tokenizer, donor_tokenizer)}
+        if new_scale is not None:
+            metrics["new_scale"] = new_scale
         metrics["seconds_transplant"] = time.perf_counter() - started
         if options.eval_text is not None:
             metrics["quality"] = _evaluate(base, writer.path, options, match, device)
@@ -118,8 +122,15 @@ def _check_options(options: TransplantOptions) -> None:
         )
     if options.k < 1:
         raise TokeffError(f"--k must be at least 1, got {options.k}")
-    if not options.new_scale > 0:
-        raise TokeffError(f"--new-scale must be positive, got {options.new_scale}")
+    if options.new_scale != "auto":
+        try:
+            options.new_scale = float(options.new_scale)
+        except ValueError:
+            raise TokeffError(f"--new-scale must be auto or a number, got {options.new_scale!r}") from None
+        if not options.new_scale > 0:
+            raise TokeffError(f"--new-scale must be positive, got {options.new_scale:g}")
+    if options.tune_text is not None and options.new_scale != "auto":
+        raise TokeffError("--tune-text only serves --new-scale auto")
     if options.pad_to < 1:
         raise TokeffError(f"--pad-to must be at least 1, got {options.pad_to}")
 
@@ -168,16 +179,45 @@ def _padded(count: int, multiple: int) -> int:
 
 
 @torch.inference_mode()
-def _rebuild(matrix: torch.Tensor, match: VocabMatch, combination: Combination, rows: int, scale: float) -> torch.Tensor:
-    """The donor-indexed matrix: copied rows, estimated rows (times `scale`), zero padding up to `rows`."""
+def _rebuild(matrix: torch.Tensor, match: VocabMatch, combination: Combination, rows: int) -> torch.Tensor:
+    """The donor-indexed matrix: copied rows, estimated rows, zero padding up to `rows`."""
     out = matrix.new_zeros(rows, matrix.shape[1])
     known = np.flatnonzero(match.base_row >= 0)
     out[torch.from_numpy(known)] = matrix[torch.from_numpy(match.base_row[known])]
     estimated = torch.from_numpy(match.estimated_ids)
     for start in range(0, len(estimated), 16384):  # bounded temporaries on 262k-token vocabularies
         part = Combination(*(t[start : start + 16384] for t in (combination.indices, combination.weights, combination.mean_weight)))
-        out[estimated[start : start + 16384]] = (part.apply(matrix) * scale).to(matrix.dtype)
+        out[estimated[start : start + 16384]] = part.apply(matrix).to(matrix.dtype)
     return out
+
+
+@torch.inference_mode()
+def _scale_output_rows(base: str, replacements: dict[str, torch.Tensor], layout: EmbeddingLayout, match: VocabMatch, tokenizer,
+                       options: TransplantOptions, device: torch.device) -> dict | None:
+    """Multiply the estimated output rows (with tied embeddings: the input rows too) by --new-scale,
+    choosing it first when it is auto. None when there is nothing to scale."""
+    if options.method == "zero" or len(match.estimated_ids) == 0:
+        return None
+    scaled = layout.names if layout.tied else [layout.lm_head]
+    estimated = torch.from_numpy(match.estimated_ids)
+    if options.new_scale == "auto":
+        from tokeff.core.textio import read_text
+        from tokeff.surgery.transplant import scale
+
+        base_lm = load_model(base, device=str(device))
+        if options.tune_text is None:
+            documents, source = scale.sampled_documents(base_lm), f"sampled from {base}"
+        else:
+            documents, source = scale.file_documents(read_text(options.tune_text)), str(options.tune_text)
+        choice = scale.choose_scale(base_lm, replacements, layout.embed, scaled[-1], estimated, tokenizer, documents, source)
+        del base_lm
+        report, value = choice.to_json(), choice.scale
+    else:
+        report, value = {"value": options.new_scale, "text": "given"}, options.new_scale
+    if value != 1.0:
+        for name in scaled:
+            replacements[name][estimated] *= value
+    return report
 
 
 def _write_config(base_folder: Path, folder: Path, tokenizer, rows: int) -> None:

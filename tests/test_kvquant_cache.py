@@ -129,6 +129,26 @@ def test_attention_sees_sinks_exact_body_quantized_and_window_exact(
     assert relative < {"uniform:4": 0.01, "calibrated": 0.02, "uniform:2": 0.2}[spec]
 
 
+@pytest.mark.parametrize("family, spec", [("llama", "uniform:3"), ("llama", "calibrated"), ("gemma", "calibrated")])
+def test_fused_attention_equals_attention_over_the_dequantized_buffer(family, spec, tiny_llama_dir, tiny_gemma_dir, calibrated, tmp_path):
+    """Attending the packed codes directly (and merging in the full-precision tokens) must give what
+    SDPA gives over the dequantized buffer: one token per call (no mask) and 7 per call (causal mask,
+    and for Gemma sliding-window masks over the packed body)."""
+    lm = load_model(str(tiny_llama_dir if family == "llama" else tiny_gemma_dir), device="cpu")
+    ids = lm.encode(TEXT)[:100]
+    for chunk in (1, 7):
+        fused = _factory(lm, calibrated, tmp_path, spec, residual=5, sinks=1)()
+        buffered = _factory(lm, calibrated, tmp_path, spec, residual=5, sinks=1, fused=False)()
+        assert lm.model.config._attn_implementation == "tokeff_packed_kv"
+        with torch.no_grad():
+            for start in range(0, len(ids), chunk):
+                piece = torch.tensor([ids[start : start + chunk]])
+                a = lm.model(piece, past_key_values=fused, use_cache=True).logits
+                b = lm.model(piece, past_key_values=buffered, use_cache=True).logits
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        assert fused.layers[1].packed_tokens > 32  # the packed body really was attended
+
+
 def test_sliding_layers_keep_only_their_window(tiny_gemma_dir):
     lm = load_model(str(tiny_gemma_dir), device="cpu")
     window = lm.model.config.sliding_window
@@ -198,13 +218,13 @@ def test_bad_specs(lm):
         kv_cache_factory("uniform:4", lm, residual=-1)
 
 
-def _factory(lm, calibrated, tmp_path, spec, residual, sinks):
+def _factory(lm, calibrated, tmp_path, spec, residual, sinks, fused=True):
     if spec != "calibrated":
-        return kv_cache_factory(spec, lm, residual=residual, sinks=sinks)
+        return kv_cache_factory(spec, lm, residual=residual, sinks=sinks, fused=fused)
     from tokeff.surgery.kvquant.artifact import write_calibration
 
     text = tmp_path / "calibration.txt"
     text.write_text(TEXT)
     out = tmp_path / "kv"
     write_calibration(out, lm, calibrated[str(lm.folder)], text, {}, {}, force=True)
-    return kv_cache_factory(str(out), lm, residual=residual, sinks=sinks)
+    return kv_cache_factory(str(out), lm, residual=residual, sinks=sinks, fused=fused)

@@ -8,7 +8,17 @@ import sys
 import pytest
 import torch
 
-from tokeff.kernels.kvquant import dequantize_into, dequantize_reference, pack_codes, packed_width, unpack_codes
+from tokeff.kernels.kvquant import (
+    PackedRows,
+    attend,
+    attend_reference,
+    dequantize_into,
+    dequantize_reference,
+    merge_attention,
+    pack_codes,
+    packed_width,
+    unpack_codes,
+)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
@@ -70,6 +80,47 @@ def test_numba_kernel_matches_reference(bits, grid, books, outliers, rope):
     assert (out[:, :, :2] == 7).all() and (out[:, :, 2 + expected.shape[2] :] == 7).all()  # nothing else written
 
 
+def _attend_case(case, q_len=5, masked=True):
+    """Query [2, 6, q, 32] (two query heads per KV head), packed keys and values, a -inf/0 bias with
+    one query that sees nothing."""
+    codes, bits, book, center, half, idx, val, skip, cos, sin = _case(*case)
+    keys = PackedRows(codes, bits, book, center, half, idx, val)
+    values = PackedRows(*_case(*case[:4], False, seed=1)[:7])
+    generator = torch.Generator().manual_seed(2)
+    query = torch.randn(2, 6, q_len, 32, generator=generator)
+    bias = None
+    if masked:
+        bias = torch.where(torch.rand(2, q_len, codes.shape[2] - skip, generator=generator) < 0.3, -torch.inf, 0.0)
+        bias[0, 1] = -torch.inf
+    return query, keys, values, 0.3, skip, cos, sin, bias
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("bits, grid, books, outliers, rope", CASES)
+def test_numba_attention_matches_reference(bits, grid, books, outliers, rope, masked):
+    args = _attend_case((bits, grid, books, outliers, rope), masked=masked)
+    out, lse = attend(*args, backend="numba")
+    expected_out, expected_lse = attend_reference(*args)
+    torch.testing.assert_close(out, expected_out, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(lse, expected_lse, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_reference_is_softmax_over_dequantized_rows_and_merges_exactly():
+    """The reference against a hand-written softmax, and merging two halves of the keys gives the whole."""
+    query, keys, values, scaling, skip, cos, sin, bias = _attend_case(CASES[0], q_len=1, masked=False)
+    k = dequantize_reference(*keys, skip, cos, sin).repeat_interleave(2, 1)
+    v = dequantize_reference(*values, skip).repeat_interleave(2, 1)
+    scores = (query @ k.transpose(-1, -2)) * scaling
+    out, lse = attend_reference(query, keys, values, scaling, skip, cos, sin)
+    torch.testing.assert_close(out, torch.softmax(scores, -1) @ v)
+    torch.testing.assert_close(lse, scores.logsumexp(-1))
+    halves = [slice(0, 5), slice(5, None)]
+    parts = [(torch.softmax(scores[..., h], -1) @ v[:, :, h], scores[..., h].logsumexp(-1)) for h in halves]
+    merged, merged_lse = merge_attention(torch.stack([p[0] for p in parts], -2), torch.stack([p[1] for p in parts], -1))
+    torch.testing.assert_close(merged, out)
+    torch.testing.assert_close(merged_lse, lse)
+
+
 def test_reference_decodes_what_it_should():
     """Hand-checked: center + half * level, outliers replace entries, RoPE rotates pairs."""
     codes = pack_codes(torch.tensor([[[[0, 3, 1, 2, 0, 0, 0, 0]]]]), 2)
@@ -84,17 +135,23 @@ def test_reference_decodes_what_it_should():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
-def test_triton_kernel_matches_reference_in_the_interpreter():
-    """Runs the Triton kernel on the CPU with TRITON_INTERPRET=1 (a GPU runs the compiled kernel)."""
+def test_triton_kernels_match_reference_in_the_interpreter():
+    """Runs the Triton kernels on the CPU with TRITON_INTERPRET=1 (a GPU runs the compiled kernel)."""
     script = (
         "import torch, test_kvquant_kernels as t\n"
-        "from tokeff.kernels.kvquant import dequantize_into, dequantize_reference\n"
+        "from tokeff.kernels.kvquant import attend, attend_reference, dequantize_into, dequantize_reference\n"
         "for case in t.CASES:\n"
         "    args = t._case(*case)\n"
         "    expected = dequantize_reference(*args)\n"
         "    out = torch.zeros(2, 3, 20, 32)\n"
         "    dequantize_into(out, 2, *args, backend='triton')\n"
         "    torch.testing.assert_close(out[:, :, 2:2 + expected.shape[2]], expected, rtol=1e-5, atol=1e-5)\n"
+        "    for masked in (False, True):\n"
+        "        a = t._attend_case(case, masked=masked)\n"
+        "        out, lse = attend(*a, backend='triton')\n"
+        "        ref_out, ref_lse = attend_reference(*a)\n"
+        "        torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)\n"
+        "        torch.testing.assert_close(lse, ref_lse, rtol=1e-4, atol=1e-5)\n"
         "print('ok')\n"
     )
     env = {**os.environ, "TRITON_INTERPRET": "1"}

@@ -5,10 +5,13 @@
 - the most recent `residual` tokens in full precision (KIVI's window: recent tokens matter most
   and stay exact until they are flushed in blocks of the quantizer's group).
 
-Each model call gets the whole context back: sinks, the packed body dequantized (and rotated) by
-the kernels straight into the attention buffer, the residual window and the new tokens, which
-attend to each other in full precision as they would during prefill. Sliding-window layers
-(Gemma 3) drop what falls out of their window. Memory is reported by `nbytes`.
+With `fused` (the default), a model call gets back only the full-precision tokens, tagged with
+the packed body, and `attention.py` attends the body straight from its codes (dequantize-and-
+attend). Otherwise it gets the whole context: sinks, the packed body dequantized (and rotated) by
+the kernels into one float buffer, the residual window and the new tokens, for any attention
+implementation. Either way the new tokens attend to each other in full precision as they would
+during prefill. Sliding-window layers (Gemma 3) drop what falls out of their window. Memory is
+reported by `nbytes`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer, get_layer_types_and_kwargs
 
 from tokeff.core.errors import TokeffError
+from tokeff.decoding.kvcache.attention import PackedBody, tag
 from tokeff.decoding.kvcache.quantizer import KVQuantizer, PackedTensor
 from tokeff.decoding.kvcache.rope import RotaryTables
 
@@ -27,8 +31,10 @@ class QuantizedKVLayer(DynamicLayer):
 
     is_croppable = True
 
-    def __init__(self, quantizer: KVQuantizer, layer_idx: int, rope: RotaryTables | None, residual: int, sinks: int):
+    def __init__(self, quantizer: KVQuantizer, layer_idx: int, rope: RotaryTables | None, residual: int, sinks: int,
+                 fused: bool = True):
         super().__init__()
+        self.fused = fused
         if quantizer.pre_rope and rope is None:
             raise ValueError("keys quantized before RoPE need the model's rotary tables")
         self.quantizer = quantizer
@@ -74,9 +80,31 @@ class QuantizedKVLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        keys, values = self._assemble(key_states, value_states)
+        if self.fused and self.packed_tokens > self.skip:
+            keys, values = self._full_precision(key_states, value_states)
+        else:
+            keys, values = self._assemble(key_states, value_states)
         self._append(key_states, value_states)
         return keys, values
+
+    def _body_rope(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """RoPE tables for the packed body's positions, when its keys are stored before RoPE."""
+        if not self.quantizer.pre_rope:
+            return None, None
+        body = self.packed_tokens - self.skip
+        return self.rope.cos_sin(self.layer_idx, self.cumulative_length - self.keys.shape[2] - body, body, self.device)
+
+    def _full_precision(self, key_states: torch.Tensor, value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sinks, residual window and new tokens; the keys carry the packed body as it is now (before
+        this call's tokens can flush into it) for `attention.py`."""
+        keys = torch.cat([self.sink_keys, self.keys, key_states], dim=2)
+        values = torch.cat([self.sink_values, self.values, value_states], dim=2)
+        cos, sin = self._body_rope()
+        body = PackedBody(
+            keys=self.quantizer.keys.rows(self.packed_keys), values=self.quantizer.values.rows(self.packed_values),
+            skip=self.skip, cos=cos, sin=sin, first_column=self.sink_keys.shape[2],
+        )
+        return tag(keys, body), values
 
     def _assemble(self, key_states: torch.Tensor, value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sinks, dequantized body, residual window and the new tokens, in one buffer each."""
@@ -89,10 +117,7 @@ class QuantizedKVLayer(DynamicLayer):
         values = value_states.new_empty((batch, heads, total, value_states.shape[-1]))
         keys[:, :, :sinks], values[:, :, :sinks] = self.sink_keys, self.sink_values
         if body:
-            cos = sin = None
-            if self.quantizer.pre_rope:
-                first = self.cumulative_length - recent - body
-                cos, sin = self.rope.cos_sin(self.layer_idx, first, body, self.device)
+            cos, sin = self._body_rope()
             self.quantizer.keys.dequantize_into(keys, sinks, self.packed_keys, self.skip, cos, sin)
             self.quantizer.values.dequantize_into(values, sinks, self.packed_values, self.skip)
         keys[:, :, sinks + body : sinks + body + recent], values[:, :, sinks + body : sinks + body + recent] = (
@@ -203,7 +228,8 @@ class SlidingQuantizedKVLayer(QuantizedKVLayer):
 class QuantizedKVCache(Cache):
     """A `Cache` of quantized layers for a model config, one `KVQuantizer` per layer."""
 
-    def __init__(self, config, quantizers: list[KVQuantizer], rope: RotaryTables | None, residual: int = 128, sinks: int = 1):
+    def __init__(self, config, quantizers: list[KVQuantizer], rope: RotaryTables | None, residual: int = 128, sinks: int = 1,
+                 fused: bool = True):
         if residual < 0 or sinks < 0:
             raise TokeffError("--kv-residual and --kv-sinks must be >= 0")
         text_config = config.get_text_config(decoder=True)
@@ -212,7 +238,7 @@ class QuantizedKVCache(Cache):
             raise TokeffError(f"{len(quantizers)} layer quantizers for a model with {len(layer_types)} layers")
         layers: list[QuantizedKVLayer] = []
         for index, (kind, kwargs, quantizer) in enumerate(zip(layer_types, layer_kwargs, quantizers)):
-            common = dict(quantizer=quantizer, layer_idx=index, rope=rope, residual=residual, sinks=sinks)
+            common = dict(quantizer=quantizer, layer_idx=index, rope=rope, residual=residual, sinks=sinks, fused=fused)
             if kind == "full_attention":
                 layers.append(QuantizedKVLayer(**common))
             elif kind == "sliding_attention":

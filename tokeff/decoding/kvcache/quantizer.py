@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from tokeff.kernels.kvquant import dequantize_into, pack_codes
+from tokeff.kernels.kvquant import PackedRows, dequantize_into, pack_codes
 
 # fp16 keeps per-token and per-group ranges and sparse outliers small; tiny ranges are floored so
 # that constant rows do not divide by zero.
@@ -142,14 +142,15 @@ class TensorQuantizer:
             return packed.center, packed.half
         return self.center.unsqueeze(0).unsqueeze(2), self.half.unsqueeze(0).unsqueeze(2)
 
+    def rows(self, packed: PackedTensor) -> PackedRows:
+        """What the kernels take to dequantize `packed`."""
+        center, half = self.ranges(packed)
+        return PackedRows(packed.codes, self.bits, self.codebook, center, half, packed.outlier_idx, packed.outlier_val)
+
     def dequantize_into(
         self, out: torch.Tensor, start: int, packed: PackedTensor, skip: int = 0, cos=None, sin=None
     ) -> None:
-        center, half = self.ranges(packed)
-        dequantize_into(
-            out, start, packed.codes, self.bits, self.codebook, center, half,
-            packed.outlier_idx, packed.outlier_val, skip, cos, sin,
-        )
+        dequantize_into(out, start, *self.rows(packed), skip, cos, sin)
 
     def roundtrip(self, x: torch.Tensor) -> torch.Tensor:
         """x after quantization and dequantization (for error measurements)."""

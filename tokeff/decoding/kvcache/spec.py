@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tokeff.core.errors import TokeffError
 from tokeff.core.models import LoadedModel
+from tokeff.decoding.kvcache.attention import install as install_packed_attention
 from tokeff.decoding.kvcache.cache import QuantizedKVCache
 from tokeff.decoding.kvcache.quantizer import KVQuantizer, TensorQuantizer, uniform_codebook
 from tokeff.decoding.kvcache.rope import RotaryTables
@@ -29,9 +30,12 @@ def uniform_quantizers(n_layers: int, bits: int, group: int = KIVI_GROUP) -> lis
 
 
 def kv_cache_factory(
-    spec: str, lm: LoadedModel, residual: int = DEFAULT_RESIDUAL, sinks: int = DEFAULT_SINKS
+    spec: str, lm: LoadedModel, residual: int = DEFAULT_RESIDUAL, sinks: int = DEFAULT_SINKS, fused: bool = True
 ) -> Callable[[], QuantizedKVCache]:
-    """A function returning a fresh quantized cache for `lm` each time (one per sequence)."""
+    """A function returning a fresh quantized cache for `lm` each time (one per sequence).
+
+    `fused` attends the packed tokens straight from their codes (`attention.py`, which this installs
+    as `lm`'s attention); otherwise every call dequantizes them into a float buffer first."""
     config = lm.model.config.get_text_config(decoder=True)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     if head_dim % 8:
@@ -51,4 +55,5 @@ def kv_cache_factory(
             raise TokeffError(f"--kv-quant {spec}: no such artifact (give a `tokeff kvquant calibrate` output or uniform:BITS)")
         quantizers = load_calibration(spec, lm).quantizers()
         rope = RotaryTables(lm.model)
-    return lambda: QuantizedKVCache(lm.model.config, quantizers, rope, residual=residual, sinks=sinks)
+    fused = fused and install_packed_attention(lm.model)
+    return lambda: QuantizedKVCache(lm.model.config, quantizers, rope, residual=residual, sinks=sinks, fused=fused)

@@ -1,8 +1,11 @@
-"""Packed low-bit KV rows and their dequantization, the hot loop of the quantized KV cache.
+"""Packed low-bit KV rows, the hot loops of the quantized KV cache.
 
-`dequantize_into` writes dequantized (and, for keys stored before RoPE, rotated) rows straight into
-the buffer attention reads: Triton on a CUDA device when Triton is installed, Numba for float32 on
-the CPU, and the plain torch reference otherwise. All three share one contract (see `reference`).
+- `attend`: attention straight over packed rows (dequantize-and-attend), returning the softmax's
+  log-denominator so that the cache merges in its full-precision tokens;
+- `dequantize_into`: dequantized (and, for keys stored before RoPE, rotated) rows written into a
+  float buffer.
+Each runs as Triton on a CUDA device when Triton is installed, Numba for float32 on the CPU, and the
+plain torch reference otherwise; all share one contract (see `reference`).
 """
 
 from __future__ import annotations
@@ -10,11 +13,21 @@ from __future__ import annotations
 import torch
 
 from tokeff.kernels.kvquant.packing import pack_codes, packed_width, unpack_codes
-from tokeff.kernels.kvquant.reference import dequantize_reference, rotate_half
+from tokeff.kernels.kvquant.reference import (
+    PackedRows,
+    attend_reference,
+    dequantize_reference,
+    merge_attention,
+    rotate_half,
+)
 
 __all__ = [
+    "PackedRows",
+    "attend",
+    "attend_reference",
     "dequantize_into",
     "dequantize_reference",
+    "merge_attention",
     "pack_codes",
     "packed_width",
     "rotate_half",
@@ -59,6 +72,34 @@ def dequantize_into(
         out[:, :, out_start : out_start + rows] = dequantize_reference(*args).to(out.dtype)
     else:
         raise ValueError(f"unknown dequantization backend '{backend}'")
+
+
+def attend(
+    query: torch.Tensor,
+    keys: PackedRows,
+    values: PackedRows,
+    scaling: float,
+    skip: int = 0,
+    cos: torch.Tensor | None = None,
+    sin: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse) of `query` attending over packed rows `skip..n`; see `attend_reference`."""
+    args = (query, keys, values, scaling, skip, cos, sin, bias)
+    if backend == "auto":
+        backend = _pick_backend(query)
+    if backend == "triton":
+        from tokeff.kernels.kvquant.gpu import attend_gpu
+
+        return attend_gpu(*args)
+    if backend == "numba":
+        from tokeff.kernels.kvquant.cpu import attend_cpu
+
+        return attend_cpu(*args)
+    if backend == "torch":
+        return attend_reference(*args)
+    raise ValueError(f"unknown attention backend '{backend}'")
 
 
 def _pick_backend(out: torch.Tensor) -> str:

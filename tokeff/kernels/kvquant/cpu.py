@@ -1,12 +1,60 @@
-"""Numba dequantization for the CPU: one pass per row (unpack, codebook, scale, outliers, RoPE),
-written straight into the attention buffer, rows in parallel. The torch reference takes about a
-dozen passes and temporaries over the same data."""
+"""Numba kernels for the CPU.
+
+- `dequantize_into_cpu`: one pass per row (unpack, codebook, scale, outliers, RoPE), written straight
+  into the attention buffer, rows in parallel. The torch reference takes about a dozen passes and
+  temporaries over the same data.
+- `attend_cpu`: dequantize-and-attend. Each (sequence, KV head, block of tokens) dequantizes its
+  rows one at a time into registers-sized scratch and folds them into an online softmax for every
+  query head of the group, so the packed cache is read once and no float copy of it is written;
+  the blocks' partial softmaxes are merged at the end (flash-decoding's split over tokens).
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 from numba import njit, prange
+
+from tokeff.kernels.kvquant.reference import merge_attention
+
+_ATTEND_BLOCK = 256  # tokens per parallel unit of `attend_cpu`
+
+
+@njit(inline="always")
+def _dequantize_row(dst, codes, b, h, t, bits, codebook, center, half, outlier_idx, outlier_val, n):
+    """Row (b, h, t) of the packed tensor into `dst` (length dim), outliers applied, no RoPE."""
+    dim = dst.shape[0]
+    grid_b, grid_h, grid_t, grid_d = center.shape
+    book = h if codebook.shape[0] > 1 else 0
+    gb = b if grid_b > 1 else 0
+    gh = h if grid_h > 1 else 0
+    gt = t // (n // grid_t)
+    channel_group = dim // grid_d
+    mask = (1 << bits) - 1
+    for c in range(dim):
+        bit = c * bits
+        byte = bit >> 3
+        shift = bit & 7
+        value = np.int32(codes[b, h, t, byte]) >> shift
+        if shift + bits > 8:
+            value |= np.int32(codes[b, h, t, byte + 1]) << (8 - shift)
+        gc = c // channel_group
+        dst[c] = center[gb, gh, gt, gc] + half[gb, gh, gt, gc] * codebook[book, value & mask]
+    for j in range(outlier_idx.shape[3]):
+        dst[outlier_idx[b, h, t, j]] = outlier_val[b, h, t, j]
+
+
+@njit(inline="always")
+def _rotate(dst, src, cos, sin, p):
+    """dst = RoPE of src at table row p (rotate-half convention)."""
+    half_dim = src.shape[0] // 2
+    for c in range(half_dim):
+        x1 = src[c]
+        x2 = src[c + half_dim]
+        dst[c] = x1 * cos[p, c] - x2 * sin[p, c]
+        dst[c + half_dim] = x2 * cos[p, c + half_dim] + x1 * sin[p, c + half_dim]
 
 
 @njit(parallel=True, cache=True)
@@ -14,43 +62,91 @@ def _dequantize_rows(out, out_start, codes, bits, codebook, center, half, outlie
     batch, heads, n, _ = codes.shape
     dim = out.shape[3]
     rows = n - skip
-    grid_b, grid_h, grid_t, grid_d = center.shape
-    token_group = n // grid_t
-    channel_group = dim // grid_d
-    n_outliers = outlier_idx.shape[3]
-    mask = (1 << bits) - 1
-    half_dim = dim // 2
     for row in prange(batch * heads * rows):
         b = row // (heads * rows)
         h = (row // rows) % heads
         t = row % rows + skip
         o = out_start + t - skip
-        book = h if codebook.shape[0] > 1 else 0
-        gb = b if grid_b > 1 else 0
-        gh = h if grid_h > 1 else 0
-        gt = t // token_group
-        for c in range(dim):
-            bit = c * bits
-            byte = bit >> 3
-            shift = bit & 7
-            value = np.int32(codes[b, h, t, byte]) >> shift
-            if shift + bits > 8:
-                value |= np.int32(codes[b, h, t, byte + 1]) << (8 - shift)
-            gc = c // channel_group
-            out[b, h, o, c] = center[gb, gh, gt, gc] + half[gb, gh, gt, gc] * codebook[book, value & mask]
-        for j in range(n_outliers):
-            out[b, h, o, outlier_idx[b, h, t, j]] = outlier_val[b, h, t, j]
+        scratch = np.empty(dim, np.float32)
+        _dequantize_row(scratch, codes, b, h, t, bits, codebook, center, half, outlier_idx, outlier_val, n)
         if rope:
-            p = t - skip
-            for c in range(half_dim):
-                x1 = out[b, h, o, c]
-                x2 = out[b, h, o, c + half_dim]
-                out[b, h, o, c] = x1 * cos[p, c] - x2 * sin[p, c]
-                out[b, h, o, c + half_dim] = x2 * cos[p, c + half_dim] + x1 * sin[p, c + half_dim]
+            _rotate(out[b, h, o], scratch, cos, sin, t - skip)
+        else:
+            out[b, h, o, :] = scratch
+
+
+@njit(parallel=True, cache=True, fastmath={"nsz", "arcp", "contract", "reassoc"})  # no "ninf": masks are -inf
+def _attend_blocks(
+    query, scaling, skip, block,
+    k_codes, k_bits, k_book, k_center, k_half, k_idx, k_val,
+    v_codes, v_bits, v_book, v_center, v_half, v_idx, v_val,
+    cos, sin, rope, bias, has_bias,
+    acc_out, max_out, sum_out,
+):
+    """Partial attention per token block: acc_out [B, Hq, q, blocks, Dv] (unnormalized), max_out and
+    sum_out [B, Hq, q, blocks] (running max and softmax denominator relative to it)."""
+    batch, kv_heads, n, _ = k_codes.shape
+    q_heads, q_len, dim = query.shape[1], query.shape[2], query.shape[3]
+    v_dim = acc_out.shape[4]
+    groups = q_heads // kv_heads
+    blocks = acc_out.shape[3]
+    for unit in prange(batch * kv_heads * blocks):
+        b = unit // (kv_heads * blocks)
+        h = (unit // blocks) % kv_heads
+        blk = unit % blocks
+        raw = np.empty(dim, np.float32)
+        key = np.empty(dim, np.float32)
+        value = np.empty(v_dim, np.float32)
+        running_max = np.full((groups, q_len), -np.inf, np.float32)
+        running_sum = np.zeros((groups, q_len), np.float32)
+        acc = np.zeros((groups, q_len, v_dim), np.float32)
+        first = skip + blk * block
+        for t in range(first, min(n, first + block)):
+            if rope:
+                _dequantize_row(raw, k_codes, b, h, t, k_bits, k_book, k_center, k_half, k_idx, k_val, n)
+                _rotate(key, raw, cos, sin, t - skip)
+            else:
+                _dequantize_row(key, k_codes, b, h, t, k_bits, k_book, k_center, k_half, k_idx, k_val, n)
+            _dequantize_row(value, v_codes, b, h, t, v_bits, v_book, v_center, v_half, v_idx, v_val, n)
+            for g in range(groups):
+                qh = h * groups + g
+                for i in range(q_len):
+                    score = np.float32(0.0)
+                    for c in range(dim):
+                        score += query[b, qh, i, c] * key[c]
+                    score *= scaling
+                    if has_bias:
+                        score += bias[b, i, t - skip]
+                    if score == -np.inf:
+                        continue
+                    if score > running_max[g, i]:
+                        correction = math.exp(running_max[g, i] - score)
+                        running_sum[g, i] *= correction
+                        for c in range(v_dim):
+                            acc[g, i, c] *= correction
+                        running_max[g, i] = score
+                    weight = math.exp(score - running_max[g, i])
+                    running_sum[g, i] += weight
+                    for c in range(v_dim):
+                        acc[g, i, c] += weight * value[c]
+        for g in range(groups):
+            for i in range(q_len):
+                max_out[b, h * groups + g, i, blk] = running_max[g, i]
+                sum_out[b, h * groups + g, i, blk] = running_sum[g, i]
+                acc_out[b, h * groups + g, i, blk, :] = acc[g, i]
 
 
 def _f32(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().to(torch.float32).contiguous().numpy()
+
+
+_EMPTY = np.zeros((1, 1), np.float32)
+
+
+def _packed_args(rows) -> tuple:
+    codes, bits, codebook, center, half, outlier_idx, outlier_val = rows
+    return (codes.contiguous().numpy(), bits, _f32(codebook), _f32(center), _f32(half),
+            outlier_idx.contiguous().numpy(), _f32(outlier_val))
 
 
 def dequantize_into_cpu(
@@ -69,19 +165,29 @@ def dequantize_into_cpu(
 ) -> None:
     """Write rows `skip..n` of the dequantized tensor into `out[:, :, out_start:]` (a contiguous float32 CPU tensor)."""
     rope = cos is not None
-    empty = np.zeros((1, 1), np.float32)
     _dequantize_rows(
-        out.numpy(),
-        out_start,
-        codes.contiguous().numpy(),
-        bits,
-        _f32(codebook),
-        _f32(center),
-        _f32(half),
-        outlier_idx.contiguous().numpy(),
-        _f32(outlier_val),
-        skip,
-        _f32(cos) if rope else empty,
-        _f32(sin) if rope else empty,
-        rope,
+        out.numpy(), out_start, *_packed_args((codes, bits, codebook, center, half, outlier_idx, outlier_val)), skip,
+        _f32(cos) if rope else _EMPTY, _f32(sin) if rope else _EMPTY, rope,
     )
+
+
+def attend_cpu(query, keys, values, scaling, skip, cos, sin, bias) -> tuple[torch.Tensor, torch.Tensor]:
+    """`attend_reference`'s contract (see reference.py) on float32 CPU tensors."""
+    batch, q_heads, q_len, _ = query.shape
+    rows = keys.codes.shape[2] - skip
+    blocks = max(1, -(-rows // _ATTEND_BLOCK))
+    v_dim = values.codes.shape[3] * 8 // values.bits
+    acc = np.empty((batch, q_heads, q_len, blocks, v_dim), np.float32)
+    maxima = np.empty((batch, q_heads, q_len, blocks), np.float32)
+    sums = np.empty((batch, q_heads, q_len, blocks), np.float32)
+    rope = cos is not None
+    _attend_blocks(
+        _f32(query), np.float32(scaling), skip, _ATTEND_BLOCK, *_packed_args(keys), *_packed_args(values),
+        _f32(cos) if rope else _EMPTY, _f32(sin) if rope else _EMPTY, rope,
+        _f32(bias) if bias is not None else np.zeros((1, 1, 1), np.float32), bias is not None,
+        acc, maxima, sums,
+    )
+    seen = sums > 0
+    out = torch.from_numpy(acc) / torch.from_numpy(np.where(seen, sums, 1.0))[..., None]
+    lse = torch.from_numpy(np.where(seen, maxima + np.log(np.where(seen, sums, 1.0)), -np.inf).astype(np.float32))
+    return merge_attention(out, lse)

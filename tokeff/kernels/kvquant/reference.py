@@ -6,9 +6,13 @@ broadcast from a [B', H', T', D'] grid (B' in {1, batch}, H' in {1, heads}, T' d
 token count: 1 = calibrated per-channel constants, n / G = one per group of G tokens, n = one per
 token; D' in {1, dim}). A few channels per row are stored exactly (sparse outliers) and replace
 the dense value. Keys quantized before RoPE get the rotation applied after dequantization.
+
+`attend_reference` is attention straight over packed rows, the contract of the fused kernels.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -53,3 +57,51 @@ def dequantize_reference(
     if cos is not None:
         x = x * cos.float() + rotate_half(x) * sin.float()
     return x
+
+
+class PackedRows(NamedTuple):
+    """One packed K or V tensor with everything needed to dequantize it (the arguments above)."""
+
+    codes: torch.Tensor
+    bits: int
+    codebook: torch.Tensor
+    center: torch.Tensor
+    half: torch.Tensor
+    outlier_idx: torch.Tensor
+    outlier_val: torch.Tensor
+
+
+def attend_reference(
+    query: torch.Tensor,
+    keys: PackedRows,
+    values: PackedRows,
+    scaling: float,
+    skip: int = 0,
+    cos: torch.Tensor | None = None,
+    sin: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of `query` [batch, q_heads, q, dim] over packed rows `skip..n`: (out, lse).
+
+    out [batch, q_heads, q, v_dim] is softmax(scores) @ values and lse [batch, q_heads, q] the natural
+    log of the softmax's denominator, so that attention over more keys can be merged in afterwards.
+    Query heads share key heads in groups (grouped-query attention); `bias` [batch, q, n - skip] is
+    added to the scores (a mask: 0 or -inf). A query that sees no key gets out 0 and lse -inf.
+    """
+    k = dequantize_reference(*keys, skip, cos, sin)
+    v = dequantize_reference(*values, skip)
+    groups = query.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+    scores = query.float() @ k.transpose(-1, -2) * scaling
+    if bias is not None:
+        scores = scores + bias[:, None].float()
+    lse = scores.logsumexp(-1)
+    out = torch.softmax(scores, -1) @ v
+    return torch.where(torch.isfinite(lse)[..., None], out, 0.0), lse
+
+
+def merge_attention(out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over the union of disjoint key sets from each set's (out [..., parts, D], lse [..., parts])."""
+    total = lse.logsumexp(-1)
+    weight = torch.where(torch.isfinite(total)[..., None], torch.exp(lse - total[..., None]), 0.0)
+    return (out * weight[..., None]).sum(-2), total

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from tokeff.kernels.kvquant.reference import merge_attention
+from tokeff.kernels.kvquant.reference import merge_blocks
 
 _ATTEND_BLOCK = 256  # tokens per parallel unit of `attend_cpu`
 
@@ -187,7 +187,4 @@ def attend_cpu(query, keys, values, scaling, skip, cos, sin, bias) -> tuple[torc
         _f32(bias) if bias is not None else np.zeros((1, 1, 1), np.float32), bias is not None,
         acc, maxima, sums,
     )
-    seen = sums > 0
-    out = torch.from_numpy(acc) / torch.from_numpy(np.where(seen, sums, 1.0))[..., None]
-    lse = torch.from_numpy(np.where(seen, maxima + np.log(np.where(seen, sums, 1.0)), -np.inf).astype(np.float32))
-    return merge_attention(out, lse)
+    return merge_blocks(torch.from_numpy(acc), torch.from_numpy(maxima), torch.from_numpy(sums))

@@ -105,3 +105,11 @@ def merge_attention(out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor,
     total = lse.logsumexp(-1)
     weight = torch.where(torch.isfinite(total)[..., None], torch.exp(lse - total[..., None]), 0.0)
     return (out * weight[..., None]).sum(-2), total
+
+
+def merge_blocks(acc: torch.Tensor, maxima: torch.Tensor, sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse) from the kernels' per-block partial softmaxes: unnormalized acc [..., blocks, D],
+    each block's score maximum and its denominator relative to it [..., blocks]."""
+    seen = sums > 0
+    safe = torch.where(seen, sums, 1.0)
+    return merge_attention(acc / safe[..., None], torch.where(seen, maxima + torch.log(safe), -torch.inf))

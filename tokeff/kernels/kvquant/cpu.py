@@ -4,9 +4,9 @@
   into the attention buffer, rows in parallel. The torch reference takes about a dozen passes and
   temporaries over the same data.
 - `attend_cpu`: dequantize-and-attend. Each (sequence, KV head, block of tokens) dequantizes its
-  rows one at a time into registers-sized scratch and folds them into an online softmax for every
-  query head of the group, so the packed cache is read once and no float copy of it is written;
-  the blocks' partial softmaxes are merged at the end (flash-decoding's split over tokens).
+  rows into a cache-sized tile and attends every query head of the group to it, so the packed
+  cache is read once and no float copy of the whole context is written; the blocks' partial
+  softmaxes are merged at the end (flash-decoding's split over tokens).
 """
 
 from __future__ import annotations
@@ -17,31 +17,39 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from tokeff.kernels.kvquant.reference import merge_blocks
 
 _ATTEND_BLOCK = 256  # tokens per parallel unit of `attend_cpu`
 
 
 @njit(inline="always")
 def _dequantize_row(dst, codes, b, h, t, bits, codebook, center, half, outlier_idx, outlier_val, n):
-    """Row (b, h, t) of the packed tensor into `dst` (length dim), outliers applied, no RoPE."""
+    """Row (b, h, t) of the packed tensor into `dst` (length dim), outliers applied, no RoPE.
+
+    Codes are read 8 at a time: 8 codes of `bits` bits are exactly `bits` bytes (packing.py), one
+    32-bit word, so there is no per-code byte arithmetic; ranges are per row or per channel."""
     dim = dst.shape[0]
     grid_b, grid_h, grid_t, grid_d = center.shape
-    book = h if codebook.shape[0] > 1 else 0
+    book = codebook[h if codebook.shape[0] > 1 else 0]
     gb = b if grid_b > 1 else 0
     gh = h if grid_h > 1 else 0
     gt = t // (n // grid_t)
-    channel_group = dim // grid_d
-    mask = (1 << bits) - 1
-    for c in range(dim):
-        bit = c * bits
-        byte = bit >> 3
-        shift = bit & 7
-        value = np.int32(codes[b, h, t, byte]) >> shift
-        if shift + bits > 8:
-            value |= np.int32(codes[b, h, t, byte + 1]) << (8 - shift)
-        gc = c // channel_group
-        dst[c] = center[gb, gh, gt, gc] + half[gb, gh, gt, gc] * codebook[book, value & mask]
+    row_center = center[gb, gh, gt]
+    row_half = half[gb, gh, gt]
+    row = codes[b, h, t]
+    mask = np.uint32((1 << bits) - 1)
+    for group in range(dim // 8):
+        word = np.uint32(0)
+        for j in range(bits):
+            word |= np.uint32(row[group * bits + j]) << np.uint32(8 * j)
+        for j in range(8):
+            c = group * 8 + j
+            level = book[(word >> np.uint32(bits * j)) & mask]
+            if grid_d == 1:
+                dst[c] = row_center[0] + row_half[0] * level
+            elif grid_d == dim:
+                dst[c] = row_center[c] + row_half[c] * level
+            else:
+                dst[c] = row_center[c // (dim // grid_d)] + row_half[c // (dim // grid_d)] * level
     for j in range(outlier_idx.shape[3]):
         dst[outlier_idx[b, h, t, j]] = outlier_val[b, h, t, j]
 
@@ -83,23 +91,29 @@ def _attend_blocks(
     cos, sin, rope, bias, has_bias,
     acc_out, max_out, sum_out,
 ):
-    """Partial attention per token block: acc_out [B, Hq, q, blocks, Dv] (unnormalized), max_out and
-    sum_out [B, Hq, q, blocks] (running max and softmax denominator relative to it)."""
+    """Partial attention per token block, as an online softmax: acc_out [B, Hq, q, blocks, Dv]
+    (unnormalized), max_out and sum_out [B, Hq, q, blocks] (the block's running score maximum and
+    the softmax denominator relative to it)."""
     batch, kv_heads, n, _ = k_codes.shape
     q_heads, q_len, dim = query.shape[1], query.shape[2], query.shape[3]
     v_dim = acc_out.shape[4]
     groups = q_heads // kv_heads
     blocks = acc_out.shape[3]
+    width = groups * q_len  # query rows sharing one KV head: (group member, position)
     for unit in prange(batch * kv_heads * blocks):
         b = unit // (kv_heads * blocks)
         h = (unit // blocks) % kv_heads
         blk = unit % blocks
+        queries = np.empty((width, dim), np.float32)
+        for g in range(groups):
+            for i in range(q_len):
+                queries[g * q_len + i] = query[b, h * groups + g, i] * scaling
         raw = np.empty(dim, np.float32)
         key = np.empty(dim, np.float32)
         value = np.empty(v_dim, np.float32)
-        running_max = np.full((groups, q_len), -np.inf, np.float32)
-        running_sum = np.zeros((groups, q_len), np.float32)
-        acc = np.zeros((groups, q_len, v_dim), np.float32)
+        running_max = np.full(width, -np.inf, np.float32)
+        running_sum = np.zeros(width, np.float32)
+        acc = np.zeros((width, v_dim), np.float32)
         first = skip + blk * block
         for t in range(first, min(n, first + block)):
             if rope:
@@ -108,32 +122,54 @@ def _attend_blocks(
             else:
                 _dequantize_row(key, k_codes, b, h, t, k_bits, k_book, k_center, k_half, k_idx, k_val, n)
             _dequantize_row(value, v_codes, b, h, t, v_bits, v_book, v_center, v_half, v_idx, v_val, n)
-            for g in range(groups):
-                qh = h * groups + g
-                for i in range(q_len):
-                    score = np.float32(0.0)
-                    for c in range(dim):
-                        score += query[b, qh, i, c] * key[c]
-                    score *= scaling
-                    if has_bias:
-                        score += bias[b, i, t - skip]
-                    if score == -np.inf:
-                        continue
-                    if score > running_max[g, i]:
-                        correction = math.exp(running_max[g, i] - score)
-                        running_sum[g, i] *= correction
-                        for c in range(v_dim):
-                            acc[g, i, c] *= correction
-                        running_max[g, i] = score
-                    weight = math.exp(score - running_max[g, i])
-                    running_sum[g, i] += weight
+            for col in range(width):
+                score = np.float32(0.0)
+                for c in range(dim):
+                    score += queries[col, c] * key[c]
+                if has_bias:
+                    score += bias[b, col % q_len, t - skip]
+                if score == -np.inf:
+                    continue
+                if score > running_max[col]:
+                    correction = math.exp(running_max[col] - score)
+                    running_sum[col] *= correction
                     for c in range(v_dim):
-                        acc[g, i, c] += weight * value[c]
-        for g in range(groups):
-            for i in range(q_len):
-                max_out[b, h * groups + g, i, blk] = running_max[g, i]
-                sum_out[b, h * groups + g, i, blk] = running_sum[g, i]
-                acc_out[b, h * groups + g, i, blk, :] = acc[g, i]
+                        acc[col, c] *= correction
+                    running_max[col] = score
+                weight = math.exp(score - running_max[col])
+                running_sum[col] += weight
+                for c in range(v_dim):
+                    acc[col, c] += weight * value[c]
+        for col in range(width):
+            g, i = col // q_len, col % q_len
+            max_out[b, h * groups + g, i, blk] = running_max[col]
+            sum_out[b, h * groups + g, i, blk] = running_sum[col]
+            acc_out[b, h * groups + g, i, blk, :] = acc[col]
+
+
+@njit(cache=True)
+def _merge_blocks(acc, maxima, sums):
+    """reference.merge_blocks inside Numba: torch's dozen small ops would cost more than the kernel
+    on short contexts. Returns out [..., Dv] and lse [...] (flattened leading axes)."""
+    rows, blocks, v_dim = acc.shape
+    out = np.zeros((rows, v_dim), np.float32)
+    lse = np.full(rows, -np.inf, np.float32)
+    for r in range(rows):
+        top = -np.inf
+        for k in range(blocks):
+            if sums[r, k] > 0:
+                top = max(top, maxima[r, k])
+        if top == -np.inf:
+            continue
+        total = 0.0
+        for k in range(blocks):
+            if sums[r, k] > 0:
+                weight = math.exp(maxima[r, k] - top)
+                total += sums[r, k] * weight
+                out[r] += acc[r, k] * np.float32(weight)
+        out[r] /= np.float32(total)
+        lse[r] = top + math.log(total)
+    return out, lse
 
 
 def _f32(tensor: torch.Tensor) -> np.ndarray:
@@ -187,4 +223,5 @@ def attend_cpu(query, keys, values, scaling, skip, cos, sin, bias) -> tuple[torc
         _f32(bias) if bias is not None else np.zeros((1, 1, 1), np.float32), bias is not None,
         acc, maxima, sums,
     )
-    return merge_blocks(torch.from_numpy(acc), torch.from_numpy(maxima), torch.from_numpy(sums))
+    out, lse = _merge_blocks(acc.reshape(-1, blocks, v_dim), maxima.reshape(-1, blocks), sums.reshape(-1, blocks))
+    return torch.from_numpy(out).reshape(batch, q_heads, q_len, v_dim), torch.from_numpy(lse).reshape(batch, q_heads, q_len)

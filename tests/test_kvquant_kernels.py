@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tokeff.kernels.kvquant import (
+    DenseRows,
     PackedRows,
     attend,
     attend_reference,
@@ -80,9 +81,9 @@ def test_numba_kernel_matches_reference(bits, grid, books, outliers, rope):
     assert (out[:, :, :2] == 7).all() and (out[:, :, 2 + expected.shape[2] :] == 7).all()  # nothing else written
 
 
-def _attend_case(case, q_len=5, masked=True):
+def _attend_case(case, q_len=5, masked=True, dense=False):
     """Query [2, 6, q, 32] (two query heads per KV head), packed keys and values, a -inf/0 bias with
-    one query that sees nothing."""
+    one query that sees nothing, and optionally 4 full-precision rows with a causal bias."""
     codes, bits, book, center, half, idx, val, skip, cos, sin = _case(*case)
     keys = PackedRows(codes, bits, book, center, half, idx, val)
     values = PackedRows(*_case(*case[:4], False, seed=1)[:7])
@@ -92,26 +93,31 @@ def _attend_case(case, q_len=5, masked=True):
     if masked:
         bias = torch.where(torch.rand(2, q_len, codes.shape[2] - skip, generator=generator) < 0.3, -torch.inf, 0.0)
         bias[0, 1] = -torch.inf
-    return query, keys, values, 0.3, skip, cos, sin, bias
+    rows = None
+    if dense:
+        causal = torch.zeros(q_len, 4).masked_fill(~torch.ones(q_len, 4, dtype=torch.bool).tril(4 - q_len), -torch.inf)
+        rows = DenseRows(torch.randn(2, 3, 4, 32, generator=generator), torch.randn(2, 3, 4, 32, generator=generator),
+                         causal.expand(2, -1, -1) if masked else None)
+    return query, keys, values, 0.3, skip, cos, sin, bias, rows
 
 
-@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("masked, dense", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("bits, grid, books, outliers, rope", CASES)
-def test_numba_attention_matches_reference(bits, grid, books, outliers, rope, masked):
-    args = _attend_case((bits, grid, books, outliers, rope), masked=masked)
-    out, lse = attend(*args, backend="numba")
-    expected_out, expected_lse = attend_reference(*args)
+def test_numba_attention_matches_reference(bits, grid, books, outliers, rope, masked, dense):
+    *args, rows = _attend_case((bits, grid, books, outliers, rope), q_len=3 if dense else 5, masked=masked, dense=dense)
+    out, lse = attend(*args, dense=rows, backend="numba")
+    expected_out, expected_lse = attend_reference(*args, dense=rows)
     torch.testing.assert_close(out, expected_out, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(lse, expected_lse, rtol=1e-4, atol=1e-5)
 
 
 def test_attention_reference_is_softmax_over_dequantized_rows_and_merges_exactly():
     """The reference against a hand-written softmax, and merging two halves of the keys gives the whole."""
-    query, keys, values, scaling, skip, cos, sin, bias = _attend_case(CASES[0], q_len=1, masked=False)
-    k = dequantize_reference(*keys, skip, cos, sin).repeat_interleave(2, 1)
-    v = dequantize_reference(*values, skip).repeat_interleave(2, 1)
+    query, keys, values, scaling, skip, cos, sin, bias, rows = _attend_case(CASES[0], q_len=1, masked=False, dense=True)
+    k = torch.cat([dequantize_reference(*keys, skip, cos, sin), rows.keys], 2).repeat_interleave(2, 1)
+    v = torch.cat([dequantize_reference(*values, skip), rows.values], 2).repeat_interleave(2, 1)
     scores = (query @ k.transpose(-1, -2)) * scaling
-    out, lse = attend_reference(query, keys, values, scaling, skip, cos, sin)
+    out, lse = attend_reference(query, keys, values, scaling, skip, cos, sin, dense=rows)
     torch.testing.assert_close(out, torch.softmax(scores, -1) @ v)
     torch.testing.assert_close(lse, scores.logsumexp(-1))
     halves = [slice(0, 5), slice(5, None)]
@@ -146,10 +152,10 @@ def test_triton_kernels_match_reference_in_the_interpreter():
         "    out = torch.zeros(2, 3, 20, 32)\n"
         "    dequantize_into(out, 2, *args, backend='triton')\n"
         "    torch.testing.assert_close(out[:, :, 2:2 + expected.shape[2]], expected, rtol=1e-5, atol=1e-5)\n"
-        "    for masked in (False, True):\n"
-        "        a = t._attend_case(case, masked=masked)\n"
-        "        out, lse = attend(*a, backend='triton')\n"
-        "        ref_out, ref_lse = attend_reference(*a)\n"
+        "    for masked, dense in ((False, False), (True, True)):\n"
+        "        *a, rows = t._attend_case(case, q_len=3, masked=masked, dense=dense)\n"
+        "        out, lse = attend(*a, dense=rows, backend='triton')\n"
+        "        ref_out, ref_lse = attend_reference(*a, dense=rows)\n"
         "        torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)\n"
         "        torch.testing.assert_close(lse, ref_lse, rtol=1e-4, atol=1e-5)\n"
         "print('ok')\n"

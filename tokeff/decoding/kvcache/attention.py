@@ -2,10 +2,10 @@
 
 A quantized layer hands attention only its full-precision tokens (sinks, residual window, new
 tokens) and tags them with a `PackedBody`: the packed tokens as they were when the layer was
-called. This attention function, registered with transformers' `AttentionInterface`, attends the
-packed body with the `attend` kernels (which return the softmax's log-denominator), the
-full-precision tokens with torch, and merges the two softmaxes exactly. Untagged calls (other
-caches, prefill without a packed body) go to transformers' own SDPA attention unchanged.
+called. This attention function, registered with transformers' `AttentionInterface`, hands both
+to the `attend` kernels, which dequantize the packed rows as they go and attend them and the
+full-precision rows in one softmax. Untagged calls (other caches, prefill without a packed body)
+go to transformers' own SDPA attention unchanged.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface, AttentionMaskInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from tokeff.kernels.kvquant import PackedRows, attend, merge_attention
+from tokeff.kernels.kvquant import DenseRows, PackedRows, attend
 
 NAME = "tokeff_packed_kv"
 _TAG = "tokeff_packed_body"
@@ -61,33 +61,27 @@ def packed_kv_attention(module, query, key, value, attention_mask, dropout: floa
     if kwargs.get("softcap") is not None:
         raise ValueError("the quantized KV cache's attention does not support logit soft-capping")
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    dense_mask, body_bias = _split_mask(attention_mask, body, query.shape[0], query.shape[2], key.shape[2], query.device)
-    body_out, body_lse = attend(query, body.keys, body.values, scaling, body.skip, body.cos, body.sin, body_bias)
-    groups = query.shape[1] // key.shape[1]
-    scores = query.float() @ repeat_kv(key, groups).float().transpose(-1, -2) * scaling + dense_mask
-    dense_lse = scores.logsumexp(-1)
-    dense_out = torch.softmax(scores, -1).nan_to_num(0.0) @ repeat_kv(value, groups).float()
-    out, _ = merge_attention(
-        torch.stack([body_out.to(query.device), dense_out], -2), torch.stack([body_lse.to(query.device), dense_lse], -1)
-    )
+    body_bias, dense_bias = _split_mask(attention_mask, body, query.shape[0], query.shape[2], key.shape[2], query.device)
+    out, _ = attend(query, body.keys, body.values, scaling, body.skip, body.cos, body.sin, body_bias,
+                    dense=DenseRows(key, value, dense_bias))
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
 def _split_mask(mask: torch.Tensor | None, body: PackedBody, batch: int, q_len: int, dense_len: int, device: torch.device):
-    """(additive mask over the full-precision columns, additive bias [batch, q, body] or None).
-
-    The mask's columns are [sinks, packed body, residual window, new tokens]; without a mask
-    (one new token, or a causal call SDPA would handle with is_causal) the body is all visible."""
+    """Additive biases [batch, q, columns] (or None: nothing masked) for the packed body and the
+    full-precision rows. The mask's columns are [sinks, packed body, residual window, new tokens];
+    without a mask (one new token, or a causal call SDPA would handle with is_causal) the body is
+    all visible and the new tokens are causal among themselves."""
     if mask is None:
         if q_len == 1:
-            return 0.0, None
+            return None, None
         causal = torch.ones(q_len, dense_len, dtype=torch.bool, device=device).tril(dense_len - q_len)
-        return torch.zeros(causal.shape, device=device).masked_fill(~causal, -torch.inf), None
+        return None, torch.zeros(causal.shape, device=device).masked_fill(~causal, -torch.inf).expand(batch, -1, -1)
     if mask.dtype == torch.bool:
         mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, -torch.inf)
     first, last = body.first_column, body.first_column + body.tokens
     if mask.shape[-1] != dense_len + body.tokens:
         raise RuntimeError(f"attention mask has {mask.shape[-1]} columns for {dense_len + body.tokens} cached tokens")
-    dense = torch.cat([mask[..., :first], mask[..., last:]], dim=-1)
-    bias = mask[:, 0, :, first:last]
-    return dense, (None if bool((bias == 0).all()) else bias.expand(batch, -1, -1).contiguous())
+    mask = mask[:, 0].expand(batch, -1, -1)
+    body_bias, dense_bias = mask[..., first:last], torch.cat([mask[..., :first], mask[..., last:]], dim=-1)
+    return tuple(None if bool((part == 0).all()) else part.contiguous() for part in (body_bias, dense_bias))

@@ -14,14 +14,17 @@ import torch
 
 from tokeff.kernels.kvquant.packing import pack_codes, packed_width, unpack_codes
 from tokeff.kernels.kvquant.reference import (
+    DenseRows,
     PackedRows,
     attend_reference,
     dequantize_reference,
     merge_attention,
     rotate_half,
+    softmax_attention,
 )
 
 __all__ = [
+    "DenseRows",
     "PackedRows",
     "attend",
     "attend_reference",
@@ -31,6 +34,7 @@ __all__ = [
     "pack_codes",
     "packed_width",
     "rotate_half",
+    "softmax_attention",
     "unpack_codes",
 ]
 
@@ -83,22 +87,27 @@ def attend(
     cos: torch.Tensor | None = None,
     sin: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    dense: DenseRows | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, lse) of `query` attending over packed rows `skip..n`; see `attend_reference`."""
+    """(out, lse) of `query` attending over packed rows `skip..n` and `dense` rows; see `attend_reference`."""
     args = (query, keys, values, scaling, skip, cos, sin, bias)
     if backend == "auto":
         backend = _pick_backend(query)
     if backend == "triton":
         from tokeff.kernels.kvquant.gpu import attend_gpu
 
-        return attend_gpu(*args)
+        packed = attend_gpu(*args)
+        if dense is None:
+            return packed
+        extra = softmax_attention(query, dense.keys, dense.values, scaling, dense.bias)
+        return merge_attention(torch.stack([packed[0], extra[0]], -2), torch.stack([packed[1], extra[1]], -1))
     if backend == "numba":
         from tokeff.kernels.kvquant.cpu import attend_cpu
 
-        return attend_cpu(*args)
+        return attend_cpu(*args, dense)
     if backend == "torch":
-        return attend_reference(*args)
+        return attend_reference(*args, dense)
     raise ValueError(f"unknown attention backend '{backend}'")
 
 

@@ -4,9 +4,11 @@
   into the attention buffer, rows in parallel. The torch reference takes about a dozen passes and
   temporaries over the same data.
 - `attend_cpu`: dequantize-and-attend. Each (sequence, KV head, block of tokens) dequantizes its
-  rows into a cache-sized tile and attends every query head of the group to it, so the packed
-  cache is read once and no float copy of the whole context is written; the blocks' partial
-  softmaxes are merged at the end (flash-decoding's split over tokens).
+  rows one at a time and folds them into an online softmax for every query head of the group, so
+  the packed cache is read once and no float copy of it is written; one more block per KV head
+  takes the full-precision rows. The blocks' partial softmaxes are merged at the end
+  (flash-decoding's split over tokens), in Numba too: torch's small ops would cost more than the
+  kernel on short contexts.
 """
 
 from __future__ import annotations
@@ -83,17 +85,41 @@ def _dequantize_rows(out, out_start, codes, bits, codebook, center, half, outlie
             out[b, h, o, :] = scratch
 
 
+@njit(inline="always")
+def _fold(queries, key, value, bias, b, column, has_bias, q_len, running_max, running_sum, acc):
+    """One key/value row into the online softmax of every query row (group member, position)."""
+    for col in range(queries.shape[0]):
+        score = np.float32(0.0)
+        for c in range(key.shape[0]):
+            score += queries[col, c] * key[c]
+        if has_bias:
+            score += bias[b, col % q_len, column]
+        if score == -np.inf:
+            continue
+        if score > running_max[col]:
+            correction = math.exp(running_max[col] - score)
+            running_sum[col] *= correction
+            for c in range(value.shape[0]):
+                acc[col, c] *= correction
+            running_max[col] = score
+        weight = math.exp(score - running_max[col])
+        running_sum[col] += weight
+        for c in range(value.shape[0]):
+            acc[col, c] += weight * value[c]
+
+
 @njit(parallel=True, cache=True, fastmath={"nsz", "arcp", "contract", "reassoc"})  # no "ninf": masks are -inf
 def _attend_blocks(
     query, scaling, skip, block,
     k_codes, k_bits, k_book, k_center, k_half, k_idx, k_val,
     v_codes, v_bits, v_book, v_center, v_half, v_idx, v_val,
     cos, sin, rope, bias, has_bias,
+    dense_keys, dense_values, dense_bias, has_dense_bias,
     acc_out, max_out, sum_out,
 ):
-    """Partial attention per token block, as an online softmax: acc_out [B, Hq, q, blocks, Dv]
-    (unnormalized), max_out and sum_out [B, Hq, q, blocks] (the block's running score maximum and
-    the softmax denominator relative to it)."""
+    """Partial attention per block, as an online softmax: blocks of packed tokens, then one block of
+    the dense rows. acc_out [B, Hq, q, blocks, Dv] (unnormalized), max_out and sum_out [B, Hq, q,
+    blocks] (the block's running score maximum and the softmax denominator relative to it)."""
     batch, kv_heads, n, _ = k_codes.shape
     q_heads, q_len, dim = query.shape[1], query.shape[2], query.shape[3]
     v_dim = acc_out.shape[4]
@@ -108,38 +134,26 @@ def _attend_blocks(
         for g in range(groups):
             for i in range(q_len):
                 queries[g * q_len + i] = query[b, h * groups + g, i] * scaling
-        raw = np.empty(dim, np.float32)
-        key = np.empty(dim, np.float32)
-        value = np.empty(v_dim, np.float32)
         running_max = np.full(width, -np.inf, np.float32)
         running_sum = np.zeros(width, np.float32)
         acc = np.zeros((width, v_dim), np.float32)
-        first = skip + blk * block
-        for t in range(first, min(n, first + block)):
-            if rope:
-                _dequantize_row(raw, k_codes, b, h, t, k_bits, k_book, k_center, k_half, k_idx, k_val, n)
-                _rotate(key, raw, cos, sin, t - skip)
-            else:
-                _dequantize_row(key, k_codes, b, h, t, k_bits, k_book, k_center, k_half, k_idx, k_val, n)
-            _dequantize_row(value, v_codes, b, h, t, v_bits, v_book, v_center, v_half, v_idx, v_val, n)
-            for col in range(width):
-                score = np.float32(0.0)
-                for c in range(dim):
-                    score += queries[col, c] * key[c]
-                if has_bias:
-                    score += bias[b, col % q_len, t - skip]
-                if score == -np.inf:
-                    continue
-                if score > running_max[col]:
-                    correction = math.exp(running_max[col] - score)
-                    running_sum[col] *= correction
-                    for c in range(v_dim):
-                        acc[col, c] *= correction
-                    running_max[col] = score
-                weight = math.exp(score - running_max[col])
-                running_sum[col] += weight
-                for c in range(v_dim):
-                    acc[col, c] += weight * value[c]
+        if blk == blocks - 1:  # the dense rows
+            for r in range(dense_keys.shape[2]):
+                _fold(queries, dense_keys[b, h, r], dense_values[b, h, r], dense_bias, b, r, has_dense_bias, q_len,
+                      running_max, running_sum, acc)
+        else:
+            raw = np.empty(dim, np.float32)
+            key = np.empty(dim, np.float32)
+            value = np.empty(v_dim, np.float32)
+            first = skip + blk * block
+            for t in range(first, min(n, first + block)):
+                if rope:
+                    _dequantize_row(raw, k_codes, b, h, t, k_bits, k_book, k_center, k_half, k_idx, k_val, n)
+                    _rotate(key, raw, cos, sin, t - skip)
+                else:
+                    _dequantize_row(key, k_codes, b, h, t, k_bits, k_book, k_center, k_half, k_idx, k_val, n)
+                _dequantize_row(value, v_codes, b, h, t, v_bits, v_book, v_center, v_half, v_idx, v_val, n)
+                _fold(queries, key, value, bias, b, t - skip, has_bias, q_len, running_max, running_sum, acc)
         for col in range(width):
             g, i = col // q_len, col % q_len
             max_out[b, h * groups + g, i, blk] = running_max[col]
@@ -207,20 +221,26 @@ def dequantize_into_cpu(
     )
 
 
-def attend_cpu(query, keys, values, scaling, skip, cos, sin, bias) -> tuple[torch.Tensor, torch.Tensor]:
+def attend_cpu(query, keys, values, scaling, skip, cos, sin, bias, dense=None) -> tuple[torch.Tensor, torch.Tensor]:
     """`attend_reference`'s contract (see reference.py) on float32 CPU tensors."""
     batch, q_heads, q_len, _ = query.shape
     rows = keys.codes.shape[2] - skip
-    blocks = max(1, -(-rows // _ATTEND_BLOCK))
     v_dim = values.codes.shape[3] * 8 // values.bits
+    blocks = -(-rows // _ATTEND_BLOCK) + 1  # the last block holds the dense rows (maybe none)
     acc = np.empty((batch, q_heads, q_len, blocks, v_dim), np.float32)
     maxima = np.empty((batch, q_heads, q_len, blocks), np.float32)
     sums = np.empty((batch, q_heads, q_len, blocks), np.float32)
     rope = cos is not None
+    no_rows = np.zeros((batch, keys.codes.shape[1], 0, 1), np.float32)
+    no_bias = np.zeros((1, 1, 1), np.float32)
+    dense_keys = _f32(dense.keys) if dense is not None else no_rows
+    dense_values = _f32(dense.values) if dense is not None else no_rows
+    dense_bias = dense.bias if dense is not None else None
     _attend_blocks(
         _f32(query), np.float32(scaling), skip, _ATTEND_BLOCK, *_packed_args(keys), *_packed_args(values),
         _f32(cos) if rope else _EMPTY, _f32(sin) if rope else _EMPTY, rope,
-        _f32(bias) if bias is not None else np.zeros((1, 1, 1), np.float32), bias is not None,
+        _f32(bias) if bias is not None else no_bias, bias is not None,
+        dense_keys, dense_values, _f32(dense_bias) if dense_bias is not None else no_bias, dense_bias is not None,
         acc, maxima, sums,
     )
     out, lse = _merge_blocks(acc.reshape(-1, blocks, v_dim), maxima.reshape(-1, blocks), sums.reshape(-1, blocks))

@@ -71,6 +71,14 @@ class PackedRows(NamedTuple):
     outlier_val: torch.Tensor
 
 
+class DenseRows(NamedTuple):
+    """Full-precision rows attended in the same softmax as packed ones (sinks, recent and new tokens)."""
+
+    keys: torch.Tensor  # [batch, kv_heads, m, dim], RoPE already applied
+    values: torch.Tensor  # [batch, kv_heads, m, v_dim]
+    bias: torch.Tensor | None  # [batch, q, m]: 0 or -inf (a causal mask over new tokens)
+
+
 def attend_reference(
     query: torch.Tensor,
     keys: PackedRows,
@@ -80,18 +88,31 @@ def attend_reference(
     cos: torch.Tensor | None = None,
     sin: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    dense: DenseRows | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of `query` [batch, q_heads, q, dim] over packed rows `skip..n`: (out, lse).
+    """Attention of `query` [batch, q_heads, q, dim] over packed rows `skip..n` and `dense` rows: (out, lse).
 
     out [batch, q_heads, q, v_dim] is softmax(scores) @ values and lse [batch, q_heads, q] the natural
     log of the softmax's denominator, so that attention over more keys can be merged in afterwards.
     Query heads share key heads in groups (grouped-query attention); `bias` [batch, q, n - skip] is
-    added to the scores (a mask: 0 or -inf). A query that sees no key gets out 0 and lse -inf.
+    added to the packed rows' scores (a mask: 0 or -inf). A query that sees no key gets out 0, lse -inf.
     """
     k = dequantize_reference(*keys, skip, cos, sin)
     v = dequantize_reference(*values, skip)
-    groups = query.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+    if dense is not None:
+        batch, q_len = query.shape[0], query.shape[2]
+        if bias is not None or dense.bias is not None:
+            zeros = lambda m: torch.zeros(batch, q_len, m, device=query.device)  # noqa: E731
+            bias = torch.cat([bias if bias is not None else zeros(k.shape[2]),
+                              dense.bias if dense.bias is not None else zeros(dense.keys.shape[2])], -1)
+        k, v = torch.cat([k, dense.keys.float()], 2), torch.cat([v, dense.values.float()], 2)
+    return softmax_attention(query, k, v, scaling, bias)
+
+
+def softmax_attention(query, keys, values, scaling: float, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse) of plain attention over float rows [batch, kv_heads, m, dim], heads shared in groups."""
+    groups = query.shape[1] // keys.shape[1]
+    k, v = keys.float().repeat_interleave(groups, 1), values.float().repeat_interleave(groups, 1)
     scores = query.float() @ k.transpose(-1, -2) * scaling
     if bias is not None:
         scores = scores + bias[:, None].float()

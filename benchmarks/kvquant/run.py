@@ -6,7 +6,8 @@ score another part of WikiText-2 in decode order (the text fed `--chunk` tokens 
 the cache, in segments of `--context` tokens) with the full-precision cache, the calibrated cache,
 the uniform cache (`uniform:BITS`) and, where it supports the model, transformers' QuantizedCache
 with the optimum-quanto backend. Also: KV bytes per token, decode tokens/s against the
-full-precision cache, and the dequantization kernel (Numba) against the torch reference.
+full-precision cache (tokeff's caches both attending the packed codes directly and dequantizing
+them into a float buffer for SDPA), and the kernels (Numba) against the torch reference and SDPA.
 Writes docs/kvquant.md, docs/kvquant.json and docs/kvquant.png. Only the timed part (kernel and
 decode speed, at the end) holds /tmp/tokeff-bench.lock; the quality runs do not need it.
 
@@ -92,26 +93,55 @@ def decode_speed(lm, make_cache, prompt: list[int], steps: int) -> float:
 
 
 def kernel_speed(repeats: int = 20) -> dict:
-    """One layer's worth of dequantization (3 KV heads x 2048 tokens x 64 channels, 3-bit, pre-RoPE keys)."""
-    from tokeff.kernels.kvquant import dequantize_into, pack_codes
+    """One layer of smollm2-135m's shape (9 query heads over 3 KV heads x 2048 tokens x 64 channels,
+    3-bit keys before RoPE, one outlier per token, 3-bit per-token values), one decode query."""
+    import torch.nn.functional as F
+
+    from tokeff.kernels.kvquant import PackedRows, attend, dequantize_into, pack_codes
 
     heads, n, dim, bits = 3, 2048, 64, 3
-    codes = pack_codes(torch.randint(0, 2**bits, (1, heads, n, dim)), bits)
-    book = torch.linspace(-1, 1, 2**bits)[None]
-    center, half = torch.randn(1, heads, 1, dim), torch.rand(1, heads, 1, dim) + 0.1
-    idx = torch.randint(0, dim, (1, heads, n, 1), dtype=torch.uint8)
-    val = torch.randn(1, heads, n, 1).half()
-    angles = torch.rand(n, dim // 2)
+    generator = torch.Generator().manual_seed(0)
+
+    def packed(shape):
+        codes = pack_codes(torch.randint(0, 2**bits, (1, heads, n, dim), generator=generator), bits)
+        return PackedRows(codes, bits, torch.linspace(-1, 1, 2**bits)[None], torch.randn(shape, generator=generator),
+                          torch.rand(shape, generator=generator) + 0.1,
+                          torch.randint(0, dim, (1, heads, n, 1), dtype=torch.uint8, generator=generator),
+                          torch.randn(1, heads, n, 1, generator=generator).half())
+
+    keys, values = packed((1, heads, 1, dim)), packed((1, heads, n, 1))
+    angles = torch.rand(n, dim // 2, generator=generator)
     cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
-    out = torch.empty(1, heads, n, dim)
+    query = torch.randn(1, 3 * heads, 1, dim, generator=generator)
+    k_buf, v_buf = torch.empty(1, heads, n, dim), torch.empty(1, heads, n, dim)
+
+    def dequantize(backend):
+        dequantize_into(k_buf, 0, *keys, 0, cos, sin, backend=backend)
+        dequantize_into(v_buf, 0, *values, 0, backend=backend)
+
+    def sdpa():
+        return F.scaled_dot_product_attention(query, k_buf, v_buf, enable_gqa=True)
+
+    def buffered():
+        dequantize("numba")
+        return sdpa()
+
+    jobs = {
+        "dequantize_torch": lambda: dequantize("torch"),
+        "dequantize_numba": lambda: dequantize("numba"),
+        "sdpa_fp": sdpa,
+        "dequantize_numba_then_sdpa": buffered,
+        "attend_torch": lambda: attend(query, keys, values, dim**-0.5, 0, cos, sin, backend="torch"),
+        "attend_numba": lambda: attend(query, keys, values, dim**-0.5, 0, cos, sin, backend="numba"),
+    }
     times = {}
-    for backend in ("torch", "numba"):
-        dequantize_into(out, 0, codes, bits, book, center, half, idx, val, 0, cos, sin, backend=backend)  # warm-up
+    for label, job in jobs.items():
+        job()  # warm-up (and Numba compilation)
         started = time.perf_counter()
         for _ in range(repeats):
-            dequantize_into(out, 0, codes, bits, book, center, half, idx, val, 0, cos, sin, backend=backend)
-        times[backend] = (time.perf_counter() - started) / repeats * 1000
-    return {"torch_ms": times["torch"], "numba_ms": times["numba"], "speedup": times["torch"] / times["numba"]}
+            job()
+        times[label] = (time.perf_counter() - started) / repeats * 1000
+    return times
 
 
 def quanto_factory(lm, bits: int, residual: int):
@@ -201,15 +231,23 @@ def run_model(name: str, args, workdir: Path):
         row["delta_bpb"] = row["bpb"] - fp["bpb"]
         row["compression"] = fp["kv_bytes_per_token"] / row["kv_bytes_per_token"]
 
-    prompt = [prefix] + eval_ids[: args.prompt_tokens - 1]
-    speed_configs = ["fp", f"calibrated-{args.speed_bits}", f"uniform-{args.speed_bits}", f"quanto-{args.speed_bits}"]
+    bits = args.speed_bits
+    for kind in ("calibrated", "uniform"):  # the same caches, dequantizing into a float buffer for SDPA instead
+        spec = str(artifacts[bits]) if kind == "calibrated" else f"uniform:{bits}"
+        configs[f"{kind}-{bits} buffer"] = kv_cache_factory(spec, lm, residual=args.residual, sinks=1, fused=False)
+    speed_configs = ["fp"] + [f"{kind}-{bits}{how}" for kind in ("calibrated", "uniform") for how in ("", " buffer")]
+    speed_configs.append(f"quanto-{bits}")
+    long_ids = lm.encode_plain(full[EVALUATION_START:])
 
     def time_decoding() -> dict:
         speed = {}
-        for label in speed_configs:
-            if label in configs:
-                speed[label] = decode_speed(lm, configs[label], prompt, args.decode_tokens)
-                print(json.dumps({"model": name, "decode": label, "tokens_per_s": speed[label]}), flush=True)
+        for length in args.prompt_tokens:
+            prompt = [prefix] + long_ids[: length - 1]
+            for label in speed_configs:
+                if label in configs:
+                    rate = decode_speed(lm, configs[label], prompt, args.decode_tokens)
+                    speed.setdefault(label, {})[str(length)] = rate
+                    print(json.dumps({"model": name, "decode": label, "prompt": length, "tokens_per_s": rate}), flush=True)
         return speed
 
     result = {
@@ -298,33 +336,42 @@ def write_markdown(results: list[dict], kernel: dict, args, command: str, total_
             lines.append(f"\n`{label}`: not run: transformers says: {reason}")
         speed = result.get("decode_tokens_per_s")
         if speed:
+            lengths = list(speed["fp"])
             lines += [
                 "",
-                f"Greedy decoding, {args.decode_tokens} tokens after a {args.prompt_tokens}-token prompt (prefill not timed):",
+                f"Greedy decoding, {args.decode_tokens} tokens after a prompt of {' or '.join(lengths)} tokens "
+                "(prefill not timed); `buffer` rows are the same caches dequantizing their packed tokens into a "
+                "float buffer for SDPA at every step instead of attending the codes directly:",
                 "",
-                "| cache | tokens/s | vs fp |",
-                "| --- | ---: | ---: |",
+                "| cache | " + " | ".join(f"tokens/s ({n}) | vs fp ({n})" for n in lengths) + " |",
+                "| --- | " + " | ".join("---: | ---:" for _ in lengths) + " |",
             ]
-            for label, rate in speed.items():
-                lines.append(f"| {label} | {rate:.1f} | {rate / speed['fp']:.2f}x |")
+            for label, rates in speed.items():
+                cells = " | ".join(f"{rates[n]:.1f} | {rates[n] / speed['fp'][n]:.2f}x" for n in lengths)
+                lines.append(f"| {label} | {cells} |")
         lines.append("")
     if kernel is None:
         lines += ["Decode speed and the kernel timing: not measured (the benchmark lock stayed busy).", ""]
     else:
         lines += [
-        "## Dequantization kernel",
+        "## Kernels",
         "",
-        "One layer of smollm2-135m's shape (3 KV heads x 2,048 tokens x 64 channels, 3-bit keys before RoPE, one "
-        "outlier per token), dequantized and rotated into the attention buffer:",
+        "One layer of smollm2-135m's shape (9 query heads over 3 KV heads x 2,048 tokens x 64 channels, 3-bit keys "
+        "before RoPE with one outlier per token, 3-bit values per token), one decode query, milliseconds per call:",
         "",
-        "| torch reference (ms) | Numba (ms) | speed-up |",
-        "| ---: | ---: | ---: |",
-        f"| {kernel['torch_ms']:.2f} | {kernel['numba_ms']:.2f} | {kernel['speedup']:.1f}x |",
+        "| operation | ms |",
+        "| --- | ---: |",
+        f"| dequantize K and V into a float buffer, torch reference | {kernel['dequantize_torch']:.3f} |",
+        f"| dequantize K and V into a float buffer, Numba | {kernel['dequantize_numba']:.3f} |",
+        f"| SDPA over float K and V (what the full-precision cache costs) | {kernel['sdpa_fp']:.3f} |",
+        f"| Numba dequantize, then SDPA | {kernel['dequantize_numba_then_sdpa']:.3f} |",
+        f"| dequantize-and-attend, torch reference | {kernel['attend_torch']:.3f} |",
+        f"| dequantize-and-attend, Numba | {kernel['attend_numba']:.3f} |",
         "",
         ]
     lines += [
-        "The Triton kernel has the same contract; it is tested against the reference in Triton's CPU interpreter "
-        "(`TRITON_INTERPRET=1`) but was not run on a GPU here.",
+        "The Triton kernels have the same contracts; they are tested against the reference in Triton's CPU interpreter "
+        "(`TRITON_INTERPRET=1`) but were not run on a GPU here.",
         "",
         "![perplexity increase against KV bytes per token](kvquant.png)",
         "",
@@ -343,13 +390,14 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--chunk", type=int, default=32)
     parser.add_argument("--residual", type=int, default=32)
-    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--prompt-tokens", default="512,2048", help="prompt lengths for the decode timing")
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--speed-bits", type=int, default=4)
     parser.add_argument("--lock-wait", type=float, default=1800, help="seconds to wait for the benchmark lock")
     parser.add_argument("--threads", type=int, default=1, help="torch and Numba threads (1: steadiest on a shared machine)")
     args = parser.parse_args()
     args.bits = [int(b) for b in args.bits.split(",")]
+    args.prompt_tokens = [int(n) for n in args.prompt_tokens.split(",")]
     import numba
 
     torch.set_num_threads(args.threads)

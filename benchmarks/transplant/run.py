@@ -67,6 +67,8 @@ def run_pair(base: str, donor: str, text: str, work: Path, methods: list[str], m
         row = {"method": f"tokeff {method}", **run}
         if run["rc"] == 0:
             row.update(score(str(out), text))
+            scale = json.loads((out / "tokeff.json").read_text())["metrics"].get("new_scale")
+            row["new_scale"] = scale["value"] if scale else None
         rows[method] = row
         print(f"{base} <- {donor} tokeff {method}: {row}", file=sys.stderr)
     if mergekit:
@@ -138,7 +140,7 @@ def write_doc(results: dict, command: str) -> None:
         lines += [f"## {pair['base']} given {pair['donor']}'s tokenizer", ""]
         if pair.get("command", command) != command:
             lines += [f"Measured by `{pair['command']}`.", ""]
-        lines += ["| method | bits/byte | wall s | peak RSS MiB | note |", "| --- | --- | --- | --- | --- |"]
+        lines += ["| method | bits/byte | new-row scale | wall s | peak RSS MiB | note |", "| --- | --- | --- | --- | --- | --- |"]
         for row in pair["rows"]:
             bpb = f"{row['bpb']:.4f}" if "bpb" in row else "-"
             seconds = f"{row['seconds']:.1f}" if "seconds" in row else "-"
@@ -146,7 +148,8 @@ def write_doc(results: dict, command: str) -> None:
             note = "" if row.get("rc", 0) == 0 else ("timed out" if row["rc"] is None else f"failed (exit {row['rc']})")
             if row.get("rc", 0) != 0 and row.get("progress"):
                 note += f" after {row['progress']}"
-            lines.append(f"| {row['method']} | {bpb} | {seconds} | {rss} | {note} |")
+            scale = f"{row['new_scale']:g}" if row.get("new_scale") is not None else "-"
+            lines.append(f"| {row['method']} | {bpb} | {scale} | {seconds} | {rss} | {note} |")
         lines.append("")
     plot(results, docs / "transplant.png")
     lines += ["![bits per byte by method](transplant.png)", ""]

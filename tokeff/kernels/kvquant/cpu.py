@@ -187,7 +187,11 @@ def _merge_blocks(acc, maxima, sums):
 
 
 def _f32(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().to(torch.float32).contiguous().numpy()
+    """A contiguous float32 array (one Numba specialization), without copying what already is one:
+    these conversions run for every layer at every step."""
+    if tensor.dtype != torch.float32 or not tensor.is_contiguous():
+        tensor = tensor.float().contiguous()
+    return tensor.detach().numpy()
 
 
 _EMPTY = np.zeros((1, 1), np.float32)

@@ -121,8 +121,8 @@ NOTES = """
 - Estimated rows are output rows too (tied embeddings, or the rebuilt lm_head), and at full size they
   take probability from the shared tokens that spell the same text. `--new-scale auto` (default)
   multiplies them by the factor in 0.05..1 that gives the lowest bits per byte on text sampled from
-  the base model itself (8 samples of 128 tokens; `--tune-text FILE` to use your own); the chosen
-  factor is in the manifest and in the table above.
+  the base model itself (8 samples of 128 tokens; `--tune-text FILE` to use your own), keeping 1
+  unless that gains at least 2% there; the chosen factor is in the manifest and in the table above.
 - Only the embedding matrices are held in memory; other tensors are streamed shard by shard, so a
   70B checkpoint needs its embedding and lm_head (a few GB) plus one shard: run
   `tokeff transplant /path/to/70b --donor DONOR -o OUT --device cuda` on one GPU box.

@@ -44,7 +44,7 @@ def tag(keys: torch.Tensor, body: PackedBody) -> torch.Tensor:
     return keys
 
 
-def install(model) -> bool:
+def install(model: torch.nn.Module) -> bool:
     """Route `model`'s attention through `packed_kv_attention` (idempotent); False if the model's
     attention cannot be swapped (then the cache hands attention dequantized buffers instead)."""
     AttentionInterface.register(NAME, packed_kv_attention)
@@ -54,7 +54,10 @@ def install(model) -> bool:
     return model.config._attn_implementation == NAME
 
 
-def packed_kv_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None, **kwargs):
+def packed_kv_attention(
+    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None, **kwargs,
+) -> tuple[torch.Tensor, None]:
     body: PackedBody | None = getattr(key, _TAG, None)
     if body is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)

@@ -20,7 +20,6 @@ from tokeff.kernels.kvquant.reference import (
     dequantize_reference,
     merge_attention,
     rotate_half,
-    softmax_attention,
 )
 
 __all__ = [
@@ -34,7 +33,6 @@ __all__ = [
     "pack_codes",
     "packed_width",
     "rotate_half",
-    "softmax_attention",
     "unpack_codes",
 ]
 
@@ -91,23 +89,19 @@ def attend(
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, lse) of `query` attending over packed rows `skip..n` and `dense` rows; see `attend_reference`."""
-    args = (query, keys, values, scaling, skip, cos, sin, bias)
+    args = (query, keys, values, scaling, skip, cos, sin, bias, dense)
     if backend == "auto":
         backend = _pick_backend(query)
     if backend == "triton":
         from tokeff.kernels.kvquant.gpu import attend_gpu
 
-        packed = attend_gpu(*args)
-        if dense is None:
-            return packed
-        extra = softmax_attention(query, dense.keys, dense.values, scaling, dense.bias)
-        return merge_attention(torch.stack([packed[0], extra[0]], -2), torch.stack([packed[1], extra[1]], -1))
+        return attend_gpu(*args)
     if backend == "numba":
         from tokeff.kernels.kvquant.cpu import attend_cpu
 
-        return attend_cpu(*args, dense)
+        return attend_cpu(*args)
     if backend == "torch":
-        return attend_reference(*args, dense)
+        return attend_reference(*args)
     raise ValueError(f"unknown attention backend '{backend}'")
 
 

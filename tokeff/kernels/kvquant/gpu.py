@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from tokeff.kernels.kvquant.reference import PackedRows, merge_blocks
+from tokeff.kernels.kvquant.reference import DenseRows, PackedRows, merge_attention, merge_blocks, softmax_attention
 
 try:
     import triton
@@ -183,8 +183,11 @@ def dequantize_into_gpu(
     )
 
 
-def attend_gpu(query, keys: PackedRows, values: PackedRows, scaling, skip, cos, sin, bias) -> tuple[torch.Tensor, torch.Tensor]:
-    """`attend_reference`'s contract (see reference.py) on CUDA tensors."""
+def attend_gpu(
+    query, keys: PackedRows, values: PackedRows, scaling, skip, cos, sin, bias, dense: DenseRows | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`attend_reference`'s contract (see reference.py) on CUDA tensors. The few full-precision
+    `dense` rows go through torch and are merged into the kernel's softmax."""
     batch, q_heads, q_len, dim = query.shape
     kv_heads, n = keys.codes.shape[1], keys.codes.shape[2]
     blocks = max(1, triton.cdiv(n - skip, _ATTEND_ROWS))
@@ -205,4 +208,8 @@ def attend_gpu(query, keys: PackedRows, values: PackedRows, scaling, skip, cos, 
         K_OUTLIERS=k_const["outliers"], V_OUTLIERS=v_const["outliers"], ROPE=rope, HAS_BIAS=bias is not None,
         BLOCK_D=triton.next_power_of_2(dim), BLOCK_V=triton.next_power_of_2(v_const["dim"]), ROWS=_ATTEND_ROWS,
     )
-    return merge_blocks(acc, maxima, sums)
+    out, lse = merge_blocks(acc, maxima, sums)
+    if dense is None:
+        return out, lse
+    extra_out, extra_lse = softmax_attention(query, dense.keys, dense.values, scaling, dense.bias)
+    return merge_attention(torch.stack([out, extra_out], -2), torch.stack([lse, extra_lse], -1))

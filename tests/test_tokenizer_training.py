@@ -93,7 +93,6 @@ def _merge(chunk: list[str], left: str, right: str) -> list[str]:
         (dict(vocab_size=200), "byte alphabet"),
         (dict(vocab_size=100_000), "corpus too small"),
         (dict(vocab_size=100_000, supertokens=True, stage1_merges=500), "corpus too small"),
-        (dict(vocab_size=1000, supertokens=True), "needs --stage1"),
         (dict(vocab_size=1000, supertokens=True, stage1_merges=900), "--stage1 must be in"),
         (dict(vocab_size=1000, stage1_merges=500), "only with --supertokens"),
     ],
@@ -109,8 +108,10 @@ def test_cli_train_verify_load_and_stats(tmp_path, tiny_llama_dir):
     train = tmp_path / "train.txt"
     train.write_text(TEXT)
     out = tmp_path / "super"
-    result = tokeff("tokenizer", "train", "--text", train, "--vocab", 900, "--supertokens", "--stage1", 500, "-o", out, "--json", check=0)
-    assert json.loads(result.stdout)["vocab_size"] == 900
+    result = tokeff("tokenizer", "train", "--text", train, "--vocab", 900, "--supertokens", "-o", out, "--json", check=0)
+    payload = json.loads(result.stdout)
+    # --stage1 defaults to 3/4 of the 900 - 257 merges
+    assert payload["vocab_size"] == 900 and payload["stage1_vocab_size"] == 257 + 482
     assert tokeff("verify", out, check=0).stdout.strip().endswith("ok")
     hf = AutoTokenizer.from_pretrained(out)
     assert len(hf) == 900 and hf.decode(hf(PROBE)["input_ids"]) == PROBE

@@ -25,7 +25,7 @@ def train(
         bool, typer.Option("--supertokens", help="Second stage across word boundaries (SuperBPE-style multi-word tokens).")
     ] = False,
     stage1: Annotated[
-        int | None, typer.Option("--stage1", help="With --supertokens: merges learned within words before stage 2.")
+        int | None, typer.Option("--stage1", help="With --supertokens: merges learned within words before stage 2 (default: 3/4 of the merges, --vocab less bytes and specials).")
     ] = None,
     special_token: Annotated[
         list[str] | None, typer.Option("--special-token", help="Special token (repeatable; the first is BOS/EOS).")

@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +31,7 @@ DATA = ROOT.parent / "shared" / "data"
 CORPORA = {"wikitext": DATA / "wikitext2-valid.txt", "shakespeare": DATA / "tinyshakespeare.txt"}
 DOCS = ROOT / "docs"
 RESULTS = DOCS / "tokenizers.json"
-WORK = Path(os.environ.get("TOKEFF_BENCH_WORK", "/tmp/tokeff-bench-tokenizers"))
+WORK = Path(os.environ.get("TOKEFF_BENCH_WORK") or Path(tempfile.gettempdir()) / "tokeff-bench-tokenizers")
 TRANSPLANT_TOKENIZER = "supertoken-16384"
 # (name, vocab, supertokens, stage-1 merges); stage 1 at about 3/4 of the vocabulary below 32k, as
 # SuperBPE's best transition points sit at 80-90% of a 200k vocabulary; at 32k and 49k, stage 1

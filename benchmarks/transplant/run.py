@@ -6,13 +6,17 @@ and every output are scored in bits per byte on held-out WikiText (bytes from th
 wikitext2-valid.txt; no method looks at text, so nothing is calibrated on it).
 
     PYTHONPATH=. python benchmarks/transplant/run.py [--pairs gemma3-270m:smollm2-135m] [--methods zero,omp] [--max-bytes N]
-        [--mergekit /work/venvs/mergekit/bin/mergekit-tokensurgeon] [--mergekit-timeout S[,S]]
+        [--mergekit PATH/TO/mergekit-tokensurgeon] [--mergekit-timeout S[,S]]
+
+mergekit runs only when --mergekit or the TOKEFF_MERGEKIT environment variable names its
+mergekit-tokensurgeon executable; otherwise it is skipped (with a message).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -166,12 +170,18 @@ def main() -> None:
     parser.add_argument("--pairs", default="gemma3-270m:smollm2-135m,smollm2-135m:gemma3-270m", help="BASE:DONOR,... ")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--max-bytes", type=int, default=20_000)
-    parser.add_argument("--mergekit", default="/work/venvs/mergekit/bin/mergekit-tokensurgeon")
+    parser.add_argument(
+        "--mergekit", default=os.environ.get("TOKEFF_MERGEKIT"), help="mergekit-tokensurgeon executable (default: $TOKEFF_MERGEKIT)"
+    )
     parser.add_argument("--mergekit-timeout", default="1800,300", help="seconds: one value, or one per pair")
     parser.add_argument("--update", action="store_true", help="keep the other pairs of docs/transplant.json (same --max-bytes)")
     args = parser.parse_args()
     text = held_out_text(args.max_bytes)
-    mergekit = args.mergekit if args.mergekit and Path(args.mergekit).exists() else None
+    mergekit = args.mergekit or None
+    if mergekit is None:
+        print("mergekit skipped: give --mergekit PATH or set TOKEFF_MERGEKIT to compare with mergekit-tokensurgeon", file=sys.stderr)
+    elif not Path(mergekit).is_file():
+        raise SystemExit(f"--mergekit / TOKEFF_MERGEKIT: {mergekit} is not a file")
     with tempfile.TemporaryDirectory(prefix="tokeff-transplant-bench-") as work:
         pair_specs = args.pairs.split(",")
         timeouts = [float(t) for t in args.mergekit_timeout.split(",")]
@@ -180,7 +190,9 @@ def main() -> None:
             run_pair(*pair.split(":"), text, Path(work), args.methods.split(","), mergekit, timeout)
             for pair, timeout in zip(pair_specs, timeouts)
         ]
-    command = "PYTHONPATH=. python benchmarks/transplant/run.py " + " ".join(sys.argv[1:])
+    from_env = mergekit is not None and not any(arg.split("=")[0] == "--mergekit" for arg in sys.argv[1:])
+    command = ("TOKEFF_MERGEKIT=PATH/TO/mergekit-tokensurgeon " if from_env else "") + "PYTHONPATH=. python benchmarks/transplant/run.py "
+    command += " ".join(sys.argv[1:])
     for pair in pairs:
         pair["command"] = command
     results = {"eval_bytes": len(text.encode("utf-8")), "pairs": pairs}

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from tokeff.cli import artifacts, decode, dynamic, ensemble, evaluate, kvquant, models, tokenizer, transplant, watermark
+from tokeff.core import interrupt
 from tokeff.core.errors import TokeffError
 
 app = typer.Typer(
@@ -45,14 +46,23 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _interrupted() -> None:
+    """Ctrl-C: no partial output left behind, exit 130 without waiting for the command's thread."""
+    interrupt.remove_partials()
+    os.write(2, b"tokeff: error: interrupted\n")  # not sys.stderr: the worker may hold its lock
+    os._exit(130)  # a normal exit would wait on (or tear down under) a worker still in native code
+
+
 def main() -> None:
-    _quiet_libraries()
     try:
-        app()  # standalone mode: Typer reports usage errors itself and exits 2
+        _quiet_libraries()
+        # In a worker thread, so that Ctrl-C stops even a long native call (see core/interrupt.py);
+        # standalone mode: Typer reports usage errors itself and exits 2.
+        interrupt.run_in_worker(app)
     except TokeffError as exc:
         _fail(str(exc), 1)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        _interrupted()
     except MemoryError:
         _fail("out of memory", 1)
     except Exception as exc:  # a bug: one line by default, the traceback on request

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from safetensors import SafetensorError, safe_open
 
 import tokeff
+from tokeff.core import interrupt
 from tokeff.core.errors import TokeffError
 from tokeff.core.hashing import sha256_file
 
@@ -119,22 +120,27 @@ class ArtifactWriter:
     def __enter__(self) -> ArtifactWriter:
         check_output_path(self.out, self.force)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+        self._tmp = interrupt.track(Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent)))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         tmp = self.path
         if exc_type is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _discard(tmp)
             return
         try:
             self.manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             self.manifest.files = _hash_files(tmp)
             (tmp / MANIFEST_NAME).write_text(json.dumps(self.manifest.to_json(), indent=2) + "\n")
-            _replace_dir(tmp, self.out)
+            interrupt.publish(tmp, lambda: _replace_dir(tmp, self.out))
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _discard(tmp)
             raise
+
+
+def _discard(tmp: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+    interrupt.forget(tmp)
 
 
 def check_output_path(out: Path, force: bool) -> None:

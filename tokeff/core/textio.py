@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from tokeff.core import interrupt
 from tokeff.core.errors import TokeffError
 
 
@@ -46,12 +47,14 @@ def write_text_atomic(path: Path | str, text: str, force: bool = False) -> Path:
     if path.is_dir():
         raise TokeffError(f"{path} is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    temporary = interrupt.track(Path(name))
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
-        os.replace(temporary, path)
+        interrupt.publish(temporary, lambda: os.replace(temporary, path))
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
+        interrupt.forget(temporary)
         raise
     return path

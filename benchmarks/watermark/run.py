@@ -193,7 +193,7 @@ def continuation_nll(lm, items, batch_size: int = 8) -> dict:
 def throughput(args, key, marked, human) -> dict:
     """exp detection speed on 200-token texts (key length 256): Numba against NumPy, same statistic and test."""
     from tokeff.decoding.watermark.detection import detect_tokens
-    from tokeff.decoding.watermark.exp import _null_seed
+    from tokeff.decoding.watermark.schemes.exp import _null_seed
     from tokeff.kernels.exp_alignment import TokenBatch, alignment_scores, alignment_scores_numpy, null_keys
 
     length = args.max_new_tokens

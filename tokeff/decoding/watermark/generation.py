@@ -92,6 +92,8 @@ def _generation_setup(key, config, offsets, prompt_length, pad, eos):
         processors.append(key.rule.logits_processor(config, offsets, prompt_length))
         if key.rule.picks_token:  # the processor warps and picks; greedy decoding takes its pick
             return GenerationConfig(do_sample=False, **settings), processors
+        if key.rule.warps:  # the processor warped already: sample its distribution as it is
+            return GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, **settings), processors
     if config.temperature == 0:
         return GenerationConfig(do_sample=False, **settings), processors
     sampling = GenerationConfig(

@@ -9,6 +9,8 @@ detector. Nothing outside that module knows a scheme by name, so adding one is a
 
 from __future__ import annotations
 
+import hashlib
+
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +54,9 @@ class WatermarkScheme(ABC):
     detection_options: ClassVar[tuple[str, ...]] = ()
     # the logits processor leaves one token per row (generation then decodes greedily)
     picks_token: ClassVar[bool] = False
+    # the logits processor applies the sampling warpers itself (it must see the warped distribution),
+    # so generation samples its output as it is
+    warps: ClassVar[bool] = False
 
     def __init__(self, key: WatermarkKey) -> None:
         self.key = key
@@ -103,6 +108,12 @@ class WatermarkScheme(ABC):
     @abstractmethod
     def score(self, texts: Sequence[np.ndarray]) -> list[Score]:
         """The test on each token sequence (each at least the key's `min_tokens` long)."""
+
+
+def null_seed(key: WatermarkKey, tokens: np.ndarray) -> int:
+    """Seed of a text's Monte Carlo null keys: from the key and the text, so a text always gets the same p-value."""
+    digest = hashlib.sha256(key.words.tobytes() + np.asarray(tokens, dtype=np.int64).tobytes()).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
 SCHEMES: Registry[type[WatermarkScheme]] = Registry("watermark scheme", "tokeff.decoding.watermark.schemes")

@@ -15,7 +15,6 @@ makes unwatermarked texts cheap), and otherwise runs `runs` keys, so p >= 1 / (r
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,7 +28,7 @@ from tokeff.core.options import Option
 from tokeff.decoding.sampling import TokenChooser
 from tokeff.decoding.types import DecodeConfig
 from tokeff.decoding.watermark.keys import WatermarkKey
-from tokeff.decoding.watermark.scheme import MIN_TOKENS, SCHEMES, Score, WatermarkScheme
+from tokeff.decoding.watermark.scheme import MIN_TOKENS, SCHEMES, Score, WatermarkScheme, null_seed
 from tokeff.kernels.exp_alignment import TokenBatch, alignment_scores, null_alignment_scores
 from tokeff.kernels.exp_sampling import exp_choice
 
@@ -45,7 +44,7 @@ def score_texts(key: WatermarkKey, texts: Sequence[np.ndarray]) -> list[Score]:
     batch = TokenBatch.from_texts(texts)
     n, gap, runs, stop_after = key["key_length"], key["gap"], key["runs"], key["stop_after"]
     observed = alignment_scores(batch, key.words, gap)
-    seeds = np.array([_null_seed(key, tokens) for tokens in batch.texts], dtype=np.uint64)
+    seeds = np.array([null_seed(key, tokens) for tokens in batch.texts], dtype=np.uint64)
     exceed = np.zeros(len(batch), dtype=np.int64)
     made = np.zeros(len(batch), dtype=np.int64)
     active = np.ones(len(batch), dtype=bool)
@@ -64,12 +63,6 @@ def score_texts(key: WatermarkKey, texts: Sequence[np.ndarray]) -> list[Score]:
     p_values = np.where(exceed >= stop_after, stop_after / np.maximum(made, 1), (exceed + 1) / (runs + 1))
     floor = 1.0 / (runs + 1)
     return [Score(float(s), float(p), floor, {"null_runs": int(r)}) for s, p, r in zip(observed, p_values, made)]
-
-
-def _null_seed(key: WatermarkKey, tokens: np.ndarray) -> int:
-    """Null keys depend on the key and the text, so a text always gets the same p-value."""
-    digest = hashlib.sha256(key.words.tobytes() + np.asarray(tokens, dtype=np.int64).tobytes()).digest()
-    return int.from_bytes(digest[:8], "little")
 
 
 def check_sampling(config: DecodeConfig) -> None:

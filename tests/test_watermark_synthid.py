@@ -75,3 +75,32 @@ def test_synthid_round_trip_and_valid_null(lm):
     texts = [rng.integers(0, 300, size=40) for _ in range(200)]
     p_values = np.array([r.p_value for r in detect_tokens(key, texts)])
     assert kstest(p_values, "uniform").pvalue > 1e-3 and (p_values <= 0.05).mean() <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 200)
+
+
+def test_text_watermarked_by_transformers_is_detected_with_a_key_from_its_config(lm, tmp_path, capsys, monkeypatch):
+    import json
+    import sys
+
+    from transformers import GenerationConfig, SynthIDTextWatermarkingConfig
+
+    from tokeff.cli.app import main
+    from tokeff.decoding.watermark.keys import load_key
+
+    config = SynthIDTextWatermarkingConfig(keys=[654, 400, 836, 123, 340, 443, 597, 160, 57, 29], ngram_len=4)
+    path = tmp_path / "synthid.json"
+    path.write_text(json.dumps(config.to_dict()))
+    monkeypatch.setattr(sys, "argv", ["tokeff", "watermark", "keygen", "-m", lm.spec, "-o", str(tmp_path / "k"),
+                                      "--scheme", "synthid", "--from-transformers", str(path)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code in (0, None), capsys.readouterr().err
+    key = load_key(tmp_path / "k")
+    assert key.words.view(np.int64).tolist() == config.keys and key["ngram_len"] == 4 and key["depth"] == 10
+    torch.manual_seed(0)
+    prompt = torch.tensor([lm.tokenizer("To be, or not")["input_ids"]] * 3)
+    settings = dict(do_sample=True, max_new_tokens=48, min_new_tokens=48, pad_token_id=0)
+    marked = lm.model.generate(prompt, generation_config=GenerationConfig(watermarking_config=config, **settings))
+    plain = lm.model.generate(prompt, generation_config=GenerationConfig(**settings))
+    width = prompt.shape[1]
+    assert all(r.p_value <= 0.01 for r in detect_tokens(key, marked[:, width:].tolist()))
+    assert not any(r.watermarked for r in detect_tokens(key, plain[:, width:].tolist()))

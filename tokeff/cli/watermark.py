@@ -36,9 +36,10 @@ def _scheme_options(detection: bool = False) -> dict:
 def keygen(
     model: Model,
     output: Output,
-    scheme: Annotated[str, typer.Option(help="Watermark scheme: exp (distortion-free, edit-robust) or kgw (green list).")] = "exp",
+    scheme: Annotated[str, typer.Option(help="Watermark scheme: exp (distortion-free, edit-robust), kgw (green list) or synthid (tournament).")] = "exp",
     param: Annotated[list[str] | None, typer.Option("--param", help="A key parameter as KEY=VALUE (repeatable), instead of its flag.")] = None,
     seed: Annotated[int | None, typer.Option(help="Derive the secret from this seed (reproducible, so not secret).")] = None,
+    from_transformers: Annotated[Path | None, typer.Option(help="A transformers watermarking config (JSON) to read the key from (with --scheme).")] = None,
     trust_remote_code: TrustRemoteCode = False,
     force: Force = False,
     json: Json = False,
@@ -47,14 +48,30 @@ def keygen(
     """Write a new secret key (artifact) for a model's tokenizer; every scheme parameter is stored in it."""
     from tokeff.core.models import load_tokenizer
     from tokeff.core.options import parse_assignments
-    from tokeff.decoding.watermark.keys import make_key, save_key
+    from tokeff.core.textio import read_text
+    from tokeff.decoding.watermark.keys import key_from_transformers, make_key, save_key
     from tokeff.decoding.watermark.scheme import SCHEMES
 
     cls = SCHEMES.get(scheme)
     overrides = {**parameters, **parse_assignments(param or [], cls.options)}
-    cls.parameters(overrides)  # bad flags fail before the tokenizer loads
+    config = None
+    if from_transformers is not None:
+        if any(value is not None for value in overrides.values()) or seed is not None:
+            raise TokeffError("--from-transformers takes every parameter from the config: drop the parameter flags and --seed")
+        try:
+            config = jsonlib.loads(read_text(from_transformers))
+        except jsonlib.JSONDecodeError as error:
+            raise TokeffError(f"{from_transformers}: not JSON ({error.msg})") from None
+        if not isinstance(config, dict):
+            raise TokeffError(f"{from_transformers}: expected a JSON object (a watermarking config's to_dict())")
+        cls.from_transformers(config)  # a bad config fails before the tokenizer loads
+    else:
+        cls.parameters(overrides)
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
-    key = make_key(scheme, tokenizer, model, seed=seed, **overrides)
+    if config is not None:
+        key = key_from_transformers(scheme, config, tokenizer, model)
+    else:
+        key = make_key(scheme, tokenizer, model, seed=seed, **overrides)
     save_key(key, output, force=force)
     if seed is not None:
         console.warn("a key derived from --seed is only as secret as the seed")

@@ -76,6 +76,12 @@ def make_key(scheme: str, tokenizer, model: str, seed: int | None = None, **over
     return WatermarkKey(scheme, words, params, len(tokenizer), vocab_sha256(tokenizer), model)
 
 
+def key_from_transformers(scheme: str, config: dict[str, Any], tokenizer, model: str) -> WatermarkKey:
+    """The key a transformers watermarking config stands for, so tokeff detects what `generate` watermarked."""
+    params, words = SCHEMES.get(scheme).from_transformers(config)
+    return WatermarkKey(scheme, words, params, len(tokenizer), vocab_sha256(tokenizer), model)
+
+
 def save_key(key: WatermarkKey, out: Path, force: bool = False) -> Path:
     import torch
 

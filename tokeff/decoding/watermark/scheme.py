@@ -90,6 +90,11 @@ class WatermarkScheme(ABC):
         """How many secret 64-bit words a key with these parameters holds."""
         return 1
 
+    @classmethod
+    def from_transformers(cls, config: Mapping[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+        """Key parameters and secret words from a transformers watermarking config (its `to_dict()`)."""
+        raise TokeffError(f"the {cls.name} scheme cannot read a transformers watermarking config")
+
     def check_sampling(self, config: DecodeConfig) -> None:
         """Refuses a decoding configuration the scheme cannot watermark (before any model loads)."""
 

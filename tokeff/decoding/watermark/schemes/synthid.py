@@ -150,6 +150,22 @@ class SynthId(WatermarkScheme):
     def word_count(cls, params: Mapping[str, Any]) -> int:
         return params["depth"]
 
+    @classmethod
+    def from_transformers(cls, config: Mapping[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+        """From `SynthIDTextWatermarkingConfig(...).to_dict()`: its keys become the secret words."""
+        fields = {"ngram_len", "context_history_size", "sampling_table_size", "sampling_table_seed",
+                  "skip_first_ngram_calls"}
+        keys = config.get("keys")
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, int) and -(2**63) <= k < 2**63 for k in keys):
+            raise TokeffError("a SynthID config needs 'keys': a non-empty list of 64-bit integers")
+        if config.get("debug_mode"):
+            raise TokeffError("a SynthID config with debug_mode set does not watermark; unset it")
+        unknown = sorted(set(config) - fields - {"keys", "debug_mode", "watermarking_type"})
+        if unknown:
+            raise TokeffError(f"unknown SynthID config field(s): {', '.join(unknown)}")
+        params = cls.parameters({"depth": len(keys), **{name: config[name] for name in fields if name in config}})
+        return params, np.array(keys, dtype=np.int64).view(np.uint64)
+
     @cached_property
     def table(self) -> np.ndarray:
         return sampling_table(self.key["sampling_table_size"], self.key["sampling_table_seed"])

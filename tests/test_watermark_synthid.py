@@ -7,9 +7,10 @@ from scipy.stats import kstest
 from transformers.generation.logits_process import SynthIDTextWatermarkLogitsProcessor
 
 from tokeff.core.models import load_model
-from tokeff.decoding.types import DecodeConfig
+from tokeff.decoding import get_method
+from tokeff.decoding.types import DecodeConfig, Prompt
 from tokeff.decoding.watermark.detection import detect_tokens
-from tokeff.decoding.watermark.generation import generate_texts
+from tokeff.decoding.watermark.generation import chooser_factory, generate_texts
 from tokeff.decoding.watermark.keys import make_key
 from tokeff.decoding.watermark.schemes import synthid
 
@@ -71,6 +72,10 @@ def test_synthid_round_trip_and_valid_null(lm):
     plain = generate_texts(lm, prompts, None, config, batch_size=3)
     assert all(r.p_value <= 0.01 for r in detect_tokens(key, [item.token_ids for item in marked]))
     assert not any(r.watermarked for r in detect_tokens(key, [item.token_ids for item in plain]))
+    # `tokeff decode --watermark`: a decode method with the scheme's chooser
+    chosen = DecodeConfig(**{**config.__dict__, "chooser_factory": chooser_factory(key)})
+    single = get_method("sample")(lm, chosen).generate(Prompt.from_text(lm, prompts[0]))
+    assert detect_tokens(key, [single.token_ids])[0].p_value <= 0.01
     rng = np.random.default_rng(1)
     texts = [rng.integers(0, 300, size=40) for _ in range(200)]
     p_values = np.array([r.p_value for r in detect_tokens(key, texts)])

@@ -9,6 +9,15 @@ processor's `update_scores`), skipping a context already seen in the text, as tr
 Detection scores the mean g-value over the text's n-grams whose context appears for the first
 time (a repeated context is one piece of evidence, not many), and its p-value is a Monte Carlo
 test against random keys on the same n-grams, so p >= 1 / (runs + 1). No detector is trained.
+
+Where tokeff and transformers could differ, tokeff follows transformers: the tournament reweights
+the distribution after temperature/top-k/top-p (transformers appends its watermark processor
+last); the context of the first generated tokens is zero-padded, never the prompt; a context seen
+among the last `context_history_size` ones is left unwatermarked. Two differences remain:
+detection skips every repeated context of the text (transformers' mask forgets contexts older than
+`context_history_size`), and the sampling table is always drawn on the CPU (transformers draws it
+on the processor's device, and CUDA's generator (Philox) is not the CPU's (Mersenne Twister)). A key from
+`keygen --from-transformers` therefore matches text that transformers watermarked on the CPU.
 """
 
 from __future__ import annotations

@@ -76,6 +76,10 @@ def test_synthid_round_trip_and_valid_null(lm):
     chosen = DecodeConfig(**{**config.__dict__, "chooser_factory": chooser_factory(key)})
     single = get_method("sample")(lm, chosen).generate(Prompt.from_text(lm, prompts[0]))
     assert detect_tokens(key, [single.token_ids])[0].p_value <= 0.01
+    weighted = key.for_detection({"statistic": "weighted_mean"})
+    scores = [(a.statistic, b.statistic) for a, b in zip(detect_tokens(key, [marked[0].token_ids]),
+                                                          detect_tokens(weighted, [marked[0].token_ids]))]
+    assert scores[0][0] != scores[0][1] and detect_tokens(weighted, [marked[0].token_ids])[0].p_value <= 0.01
     rng = np.random.default_rng(1)
     texts = [rng.integers(0, 300, size=40) for _ in range(200)]
     p_values = np.array([r.p_value for r in detect_tokens(key, texts)])

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 # every scheme's shortest testable text (shorter ones get a message, not a p-value)
 MIN_TOKENS = Option("min_tokens", int, 8, "Shortest text detection will test.", min=1)
+# Monte Carlo tests against random keys (exp, synthid)
+RUNS = Option("runs", int, 999, "Monte Carlo runs against random keys; the smallest p-value is 1/(runs+1).", min=1)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from tokeff.core.options import Option
 from tokeff.decoding.sampling import TokenChooser
 from tokeff.decoding.types import DecodeConfig
 from tokeff.decoding.watermark.keys import WatermarkKey
-from tokeff.decoding.watermark.scheme import MIN_TOKENS, SCHEMES, Score, WatermarkScheme, null_seed
+from tokeff.decoding.watermark.scheme import MIN_TOKENS, RUNS, SCHEMES, Score, WatermarkScheme, null_seed
 from tokeff.kernels.exp_alignment import TokenBatch, alignment_scores, null_alignment_scores
 from tokeff.kernels.exp_sampling import exp_choice
 
@@ -119,7 +119,7 @@ class Exp(WatermarkScheme):
         # a null match scores 1 on average; 2 came out best of 0.5-3 in a sweep on smollm2-135m text
         # with 0-40% edits (the sweep is not in docs/)
         Option("gap", float, 2.0, "Alignment penalty per inserted or deleted token.", min=0, max=100),
-        Option("runs", int, 999, "Monte Carlo runs against random keys; the smallest p-value is 1/(runs+1).", min=1),
+        RUNS,
         Option("stop_after", int, 20, "Sequential test: stop once this many null runs reach the statistic.", min=1),
         MIN_TOKENS,
     )

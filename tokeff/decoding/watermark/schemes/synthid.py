@@ -6,7 +6,7 @@ taken modulo a 0/1 sampling table drawn by `torch.randint` from `sampling_table_
 CPU). Generation reweights the warped distribution with one tournament layer per key (the
 processor's `update_scores`), skipping a context already seen in the text, as transformers does.
 
-Detection scores the mean g-value over the text's n-grams whose context appears for the first
+Detection scores the mean (or depth-weighted mean) g-value over the text's n-grams whose context appears for the first
 time (a repeated context is one piece of evidence, not many), and its p-value is a Monte Carlo
 test against random keys on the same n-grams, so p >= 1 / (runs + 1). No detector is trained.
 
@@ -35,7 +35,7 @@ from tokeff.core.options import Option
 from tokeff.decoding.sampling import TokenChooser
 from tokeff.decoding.types import DecodeConfig
 from tokeff.decoding.watermark.keys import WatermarkKey
-from tokeff.decoding.watermark.scheme import MIN_TOKENS, SCHEMES, Score, WatermarkScheme, null_seed
+from tokeff.decoding.watermark.scheme import MIN_TOKENS, RUNS, SCHEMES, Score, WatermarkScheme, null_seed
 
 MULTIPLIER = np.uint64(6364136223846793005)  # transformers' `accumulate_hash` (newlib/musl LCG)
 
@@ -149,10 +149,14 @@ class SynthId(WatermarkScheme):
         Option("sampling_table_size", int, 2**16, "Size of the 0/1 table g-values are read from.", min=2, max=2**24),
         Option("sampling_table_seed", int, 0, "Seed of the sampling table (torch.randint on the CPU).", min=0),
         Option("skip_first_ngram_calls", bool, False, "Leave the first ngram_len - 1 generated tokens unwatermarked."),
-        Option("runs", int, 999, "Monte Carlo runs against random keys; the smallest p-value is 1/(runs+1).", min=1),
+        # SynthID-Text's weighted mean weighs depth d by linspace(10, 1, depth), normalized to mean 1:
+        # the first tournament layers move the distribution most
+        Option("statistic", str, "mean", "Score: mean g-value, or weighted_mean (early layers weigh more).",
+               choices=("mean", "weighted_mean")),
+        RUNS,
         MIN_TOKENS,
     )
-    detection_options = ("runs",)
+    detection_options = ("runs", "statistic")
     warps = True
 
     @classmethod
@@ -191,15 +195,19 @@ class SynthId(WatermarkScheme):
 
     def score(self, texts: Sequence[np.ndarray]) -> list[Score]:
         runs, floor = self.key["runs"], 1.0 / (self.key["runs"] + 1)
+        weights = np.ones(len(self.keys))
+        if self.key["statistic"] == "weighted_mean":
+            weights = np.linspace(10, 1, len(self.keys))
+            weights *= len(weights) / weights.sum()
         results = []
         for tokens in texts:
             ngrams = first_context_ngrams(tokens, self.key["ngram_len"])
             hashes = accumulate(np.ones(len(ngrams), dtype=np.uint64), ngrams)
-            observed = g_values_of_hashes(hashes, self.keys, self.table).mean()
+            observed = (g_values_of_hashes(hashes, self.keys, self.table) * weights).mean()
             rng = np.random.default_rng(null_seed(self.key, tokens))
             null_keys = rng.integers(0, 2**64, size=(runs, 1, len(self.keys)), dtype=np.uint64)
-            null = g_values_of_hashes(hashes[None, :], null_keys, self.table).mean(axis=(1, 2))
+            null = (g_values_of_hashes(hashes[None, :], null_keys, self.table) * weights).mean(axis=(1, 2))
             exceed = int((null >= observed).sum())
             results.append(Score(float(observed), (exceed + 1) / (runs + 1), floor,
-                                 {"scored_ngrams": len(ngrams), "mean_g": float(observed)}))
+                                 {"scored_ngrams": len(ngrams)}))
         return results

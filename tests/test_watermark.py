@@ -14,9 +14,11 @@ from tokeff.core.models import load_model
 from tokeff.decoding import get_method
 from tokeff.decoding.sampling import TokenChooser
 from tokeff.decoding.types import DecodeConfig, Prompt
-from tokeff.decoding.watermark import evaluation, exp, kgw
+from tokeff.decoding.watermark import evaluation
 from tokeff.decoding.watermark.detection import detect_texts, detect_tokens
-from tokeff.decoding.watermark.generation import ExpChooser, chooser_factory, generate_texts
+from tokeff.decoding.watermark.generation import chooser_factory, generate_texts
+from tokeff.decoding.watermark.schemes import kgw
+from tokeff.decoding.watermark.schemes.exp import ExpChooser
 from tokeff.decoding.watermark.keys import check_vocabulary, load_key, make_key, save_key
 from tokeff.kernels.exp_sampling import exp_choice
 from tokeff.kernels.keyed_uniform import keyed_uniforms
@@ -226,7 +228,7 @@ def test_kgw_p_value_is_the_exact_binomial_tail_over_distinct_pairs(lm):
     pairs = {(tuple(tokens[i - 2 : i]), tokens[i]) for i in range(2, len(tokens))}
     green = sum(bool(kgw.green_mask(key, np.array([ctx]), 20)[0, tok]) for ctx, tok in pairs)
     score = kgw.score_tokens(key, tokens)
-    assert (score.scored, score.green) == (len(pairs), green) == (score.scored, green)
+    assert (score.details["scored_pairs"], score.details["green"]) == (len(pairs), green)
     assert score.p_value == pytest.approx(binom.sf(green - 1, len(pairs), 0.25))
     # green lists hold about the green fraction of the vocabulary
     mask = kgw.green_mask(key, np.array([[1, 2], [3, 4]]), 50_000)

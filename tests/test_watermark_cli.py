@@ -103,7 +103,7 @@ def test_bad_input(capsys, monkeypatch, keys, tiny_llama_dir, tiny_gemma_dir, tm
                           "--tokenizer", tiny_gemma_dir)
     assert code == 1 and "vocabulary hash differs" in err
     code, _, err = tokeff(capsys, monkeypatch, "watermark", "detect", "--key", keys / "kgw", short, "--runs", 5)
-    assert code == 1 and "--runs applies to exp keys" in err
+    assert code == 1 and "--runs applies to exp, synthid keys" in err
     code, _, err = tokeff(capsys, monkeypatch, "watermark", "keygen", "-m", tiny_llama_dir, "-o", tmp_path / "k",
                           "--scheme", "kgw", "--length", 64)
     assert code == 1 and "--key-length does not apply to the kgw scheme" in err

@@ -193,7 +193,7 @@ def continuation_nll(lm, items, batch_size: int = 8) -> dict:
 def throughput(args, key, marked, human) -> dict:
     """exp detection speed on 200-token texts (key length 256): Numba against NumPy, same statistic and test."""
     from tokeff.decoding.watermark.detection import detect_tokens
-    from tokeff.decoding.watermark.exp import _null_seed
+    from tokeff.decoding.watermark.scheme import null_seed
     from tokeff.kernels.exp_alignment import TokenBatch, alignment_scores, alignment_scores_numpy, null_keys
 
     length = args.max_new_tokens
@@ -216,7 +216,7 @@ def throughput(args, key, marked, human) -> dict:
         p_values = []
         for tokens in numpy_texts:
             observed = alignment_scores_numpy(tokens, key.words[None], gap)[0]
-            seed = _null_seed(key, np.asarray(tokens))
+            seed = null_seed(key, np.asarray(tokens))
             exceed = sum(int((alignment_scores_numpy(tokens, null_keys(seed, start, min(100, runs - start), n), gap)
                               >= observed).sum()) for start in range(0, runs, 100))
             p_values.append((exceed + 1) / (runs + 1))  # no early stop: watermarked texts never stop early

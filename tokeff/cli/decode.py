@@ -96,11 +96,11 @@ def decode(
     method_cls.check_options(options)
     key = None
     if watermark is not None:
-        from tokeff.decoding.watermark.generation import check_sampling, chooser_factory
+        from tokeff.decoding.watermark.generation import chooser_factory
         from tokeff.decoding.watermark.keys import check_vocabulary, load_key
 
         key = load_key(watermark)
-        check_sampling(key, config)
+        key.rule.check_sampling(config)
     lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     if key is not None:
         check_vocabulary(key, lm.tokenizer, model)

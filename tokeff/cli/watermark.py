@@ -13,8 +13,9 @@ from rich.table import Table
 from tokeff.cli.options import Device, Dtype, Force, Json, Output, TrustRemoteCode
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
+from tokeff.core.options import cli_parameters, with_cli_parameters
 
-app = typer.Typer(help="Watermark generated text and detect it (schemes: exp, kgw).", no_args_is_help=True)
+app = typer.Typer(help="Watermark generated text and detect it.", no_args_is_help=True)
 
 KeyPath = Annotated[Path, typer.Option("--key", "-k", help="A watermark key written by `tokeff watermark keygen`.")]
 Model = Annotated[str, typer.Option("--model", "-m", help="Built-in name, .gguf file, folder or hub id.")]
@@ -22,33 +23,55 @@ Alpha = Annotated[float, typer.Option(help="Significance level of the verdict.")
 Seed = Annotated[int | None, typer.Option(help="Random seed (sampling and each text's key offset).")]
 
 
+def _scheme_options(detection: bool = False) -> dict:
+    """Each scheme's key parameters (or only those `detect` may override), for `cli_parameters`."""
+    from tokeff.decoding.watermark.scheme import SCHEMES
+
+    return {name: [o for o in cls.options if not detection or o.name in cls.detection_options]
+            for name, cls in SCHEMES.items()}
+
+
 @app.command()
+@with_cli_parameters(cli_parameters(_scheme_options(), "scheme"))
 def keygen(
     model: Model,
     output: Output,
-    scheme: Annotated[str, typer.Option(help="exp (distortion-free, edit-robust) or kgw (green list).")] = "exp",
-    length: Annotated[int | None, typer.Option(help="exp: key positions (default 256).")] = None,
-    gap: Annotated[float | None, typer.Option(help="exp: alignment penalty per inserted or deleted token (default 2).")] = None,
-    runs: Annotated[int | None, typer.Option(help="exp: Monte Carlo runs; the smallest p-value is 1/(runs+1) (default 999).")] = None,
-    stop_after: Annotated[int | None, typer.Option(help="exp: stop once this many null runs reach the statistic (default 20).")] = None,
-    green_fraction: Annotated[float | None, typer.Option(help="kgw: fraction of the vocabulary that is green (default 0.25).")] = None,
-    bias: Annotated[float | None, typer.Option(help="kgw: logit bias of green tokens (default 2.0).")] = None,
-    context_width: Annotated[int | None, typer.Option(help="kgw: previous tokens that seed the green list (default 1).")] = None,
-    min_tokens: Annotated[int | None, typer.Option(help="Shortest text detection will test (default 8).")] = None,
+    scheme: Annotated[str, typer.Option(help="Watermark scheme: exp (distortion-free, edit-robust), kgw (green list) or synthid (tournament).")] = "exp",
+    param: Annotated[list[str] | None, typer.Option("--param", help="A key parameter as KEY=VALUE (repeatable), instead of its flag.")] = None,
     seed: Annotated[int | None, typer.Option(help="Derive the secret from this seed (reproducible, so not secret).")] = None,
+    from_transformers: Annotated[Path | None, typer.Option(help="A transformers watermarking config (JSON) to read the key from (with --scheme).")] = None,
     trust_remote_code: TrustRemoteCode = False,
     force: Force = False,
     json: Json = False,
+    **parameters,
 ) -> None:
     """Write a new secret key (artifact) for a model's tokenizer; every scheme parameter is stored in it."""
     from tokeff.core.models import load_tokenizer
-    from tokeff.decoding.watermark.keys import make_key, save_key, scheme_parameters
+    from tokeff.core.options import parse_assignments
+    from tokeff.core.textio import read_text
+    from tokeff.decoding.watermark.keys import key_from_transformers, make_key, save_key
+    from tokeff.decoding.watermark.scheme import SCHEMES
 
-    overrides = dict(key_length=length, gap=gap, runs=runs, stop_after=stop_after, green_fraction=green_fraction,
-                     bias=bias, context_width=context_width, min_tokens=min_tokens)
-    scheme_parameters(scheme, overrides)  # bad flags fail before the tokenizer loads
+    cls = SCHEMES.get(scheme)
+    overrides = {**parameters, **parse_assignments(param or [], cls.options)}
+    config = None
+    if from_transformers is not None:
+        if any(value is not None for value in overrides.values()) or seed is not None:
+            raise TokeffError("--from-transformers takes every parameter from the config: drop the parameter flags and --seed")
+        try:
+            config = jsonlib.loads(read_text(from_transformers))
+        except jsonlib.JSONDecodeError as error:
+            raise TokeffError(f"{from_transformers}: not JSON ({error.msg})") from None
+        if not isinstance(config, dict):
+            raise TokeffError(f"{from_transformers}: expected a JSON object (a watermarking config's to_dict())")
+        cls.from_transformers(config)  # a bad config fails before the tokenizer loads
+    else:
+        cls.parameters(overrides)
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
-    key = make_key(scheme, tokenizer, model, seed=seed, **overrides)
+    if config is not None:
+        key = key_from_transformers(scheme, config, tokenizer, model)
+    else:
+        key = make_key(scheme, tokenizer, model, seed=seed, **overrides)
     save_key(key, output, force=force)
     if seed is not None:
         console.warn("a key derived from --seed is only as secret as the seed")
@@ -113,21 +136,20 @@ def generate(
 
 
 @app.command()
+@with_cli_parameters(cli_parameters(_scheme_options(detection=True), "override the key's"))
 def detect(
     key: KeyPath,
     files: Annotated[list[Path], typer.Argument(help="Text files (one text each), .jsonl files (a 'text' per line) or -.")],
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer (model spec); default: the key's model.")] = None,
     alpha: Alpha = 0.01,
-    runs: Annotated[int | None, typer.Option(help="exp: override the key's Monte Carlo runs (precision of small p).")] = None,
     trust_remote_code: TrustRemoteCode = False,
     json: Json = False,
+    **overrides,
 ) -> None:
     """One line per text: verdict, p-value, statistic, tokens. Needs the key and tokenizer, never the model.
 
     Exit 1 if any text could not be tested (empty or shorter than the key's min_tokens).
     """
-    from dataclasses import replace
-
     from tokeff.core.models import load_tokenizer
     from tokeff.decoding.watermark.detection import detect_texts
     from tokeff.decoding.watermark.keys import check_vocabulary, load_key
@@ -135,11 +157,7 @@ def detect(
 
     if not 0 < alpha < 1:
         raise TokeffError(f"--alpha must be in (0, 1), got {alpha}")
-    watermark = load_key(key)
-    if runs is not None:
-        if watermark.scheme != "exp" or runs < 1:
-            raise TokeffError("--runs applies to exp keys and must be >= 1")
-        watermark = replace(watermark, params={**watermark.params, "runs": runs})
+    watermark = load_key(key).for_detection(overrides)
     records = [record for path in files for record in read_records(path, "text", lines=False)]
     spec = tokenizer or watermark.model
     if not spec:
@@ -191,54 +209,14 @@ def evaluate(
     json: Json = False,
 ) -> None:
     """Detection power vs length and vs random edits, false-positive rate on model and human text."""
-    from tokeff.core.artifacts import ArtifactWriter, check_output_path
-    from tokeff.core.models import load_model
-    from tokeff.core.textio import read_text
-    from tokeff.decoding.types import DecodeConfig
-    from tokeff.decoding.watermark import evaluation
-    from tokeff.decoding.watermark.generation import generate_texts
-    from tokeff.decoding.watermark.keys import check_vocabulary, load_key
-    from tokeff.decoding.watermark.records import read_records
+    from tokeff.decoding.watermark.harness import run_eval
 
-    length_list, rate_list = _numbers(lengths, int, "--lengths"), _numbers(edit_rates, float, "--edit-rates")
-    if any(value < 1 or value > max_new_tokens for value in length_list):
-        raise TokeffError(f"--lengths must be in 1..{max_new_tokens} (--max-new-tokens)")
-    if any(not 0 <= value <= 1 for value in rate_list):
-        raise TokeffError("--edit-rates must be in 0..1")
-    if human is None and prompts is None:
-        raise TokeffError("give --human FILE (prompts come from its first half) and/or --prompts FILE")
-    if output is not None:
-        check_output_path(output, force)
-    watermark = load_key(key)
-    human_text = read_text(human) if human is not None else None
-    prompt_half, human_half = evaluation.split_corpus(human_text) if human_text else ("", "")
-    lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    check_vocabulary(watermark, lm.tokenizer, model)
-    if prompts is not None:
-        prompt_list = [text for _, text in read_records(prompts, "prompt", lines=True)]
-    else:
-        prompt_list = evaluation.prompts_from_text(lm.tokenizer, prompt_half, texts + null_texts)
-    if len(prompt_list) < texts + null_texts:
-        raise TokeffError(f"need {texts + null_texts} prompts (--texts + --null-texts), found {len(prompt_list)}")
-    config = DecodeConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, stop_at_eos=False)
-    with console.progress() as bar:
-        task = bar.add_task("generating", total=texts + null_texts)
-        advance = lambda done: bar.advance(task, done)  # noqa: E731
-        marked = generate_texts(lm, prompt_list[:texts], watermark, config, batch_size, on_batch=advance)
-        plain = generate_texts(lm, prompt_list[texts : texts + null_texts], None, config, batch_size, on_batch=advance)
-    unwatermarked = {"model": [result.token_ids for result in plain]}
-    if human_half:
-        unwatermarked["human"] = evaluation.human_windows(lm.tokenizer, human_half, human_texts, max_new_tokens)
-    result = evaluation.evaluate_detection(
-        watermark, lm.tokenizer, [item.token_ids for item in marked], unwatermarked, length_list, rate_list,
-        edit_length=edit_length or None, alpha=alpha, seed=seed,
+    result = run_eval(
+        key, model, human, prompts, _numbers(lengths, int, "--lengths"), _numbers(edit_rates, float, "--edit-rates"),
+        texts=texts, null_texts=null_texts, human_texts=human_texts, max_new_tokens=max_new_tokens,
+        edit_length=edit_length, temperature=temperature, alpha=alpha, seed=seed, batch_size=batch_size,
+        output=output, device=device, dtype=dtype, trust_remote_code=trust_remote_code, force=force,
     )
-    if output is not None:
-        with ArtifactWriter(output, "watermark-eval", force=force, parameters={"key": str(key), "model": model}) as writer:
-            writer.add_input("key", str(key), None)
-            writer.metrics.update({"false_positive_rate": result.false_positives, "min_length_90": result.to_json()["min_length_90"]})
-            (writer.path / "eval.json").write_text(jsonlib.dumps(result.to_json(), indent=2) + "\n")
-            evaluation.plot_power([result], writer.path)
     if json:
         console.emit_json(result.to_json())
         return

@@ -9,7 +9,7 @@ option's name, type, bounds or default.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -31,6 +31,7 @@ class Option:
     min_exclusive: bool = False  # min itself is not allowed: (0, 1) rather than [0, 1]
     max_exclusive: bool = False
     choices: tuple[str, ...] | None = None
+    aliases: tuple[str, ...] = ()  # older flag spellings the CLI still accepts ("--length" for --key-length)
 
     @property
     def flag(self) -> str:
@@ -49,7 +50,7 @@ class Option:
             return f"{what} {'<' if self.max_exclusive else '<='} {_num(self.max)}"
         return what
 
-    def parse(self, raw: str) -> Any:
+    def parse(self, raw: str, label: str | None = None) -> Any:
         """A value from text (`-o key=value`, a config file); then `check` applies."""
         try:
             if self.type is bool:
@@ -59,25 +60,29 @@ class Option:
                 return lowered in ("true", "1", "yes")
             return self.type(raw)
         except ValueError:
-            raise TokeffError(f"{self.flag} must be {self.bounds_text()}, got {raw!r}") from None
+            raise TokeffError(f"{label or self.flag} must be {self.bounds_text()}, got {raw!r}") from None
 
-    def check(self, value: Any) -> Any:
-        """The value, converted to the option's type, or a one-line TokeffError naming the bounds."""
+    def check(self, value: Any, label: str | None = None) -> Any:
+        """The value, converted to the option's type, or a one-line TokeffError naming the bounds.
+
+        `label` is how the error names the option (default: its flag; a stored file names its key).
+        """
+        label = label or self.flag
         if value is None:
             return None
         if isinstance(value, str) and self.type is not str:
-            value = self.parse(value)
+            value = self.parse(value, label)
         ok = self._typed(value)
         if ok is None:
-            raise TokeffError(f"{self.flag} must be {self.bounds_text()}, got {value!r}")
+            raise TokeffError(f"{label} must be {self.bounds_text()}, got {value!r}")
         value = ok
         if self.choices and value not in self.choices:
-            raise TokeffError(f"{self.flag} must be {self.bounds_text()}, got {value!r}")
+            raise TokeffError(f"{label} must be {self.bounds_text()}, got {value!r}")
         if self.type in (int, float):
             low = self.min is not None and (value <= self.min if self.min_exclusive else value < self.min)
             high = self.max is not None and (value >= self.max if self.max_exclusive else value > self.max)
             if low or high:
-                raise TokeffError(f"{self.flag} must be {self.bounds_text()}, got {_num(value)}")
+                raise TokeffError(f"{label} must be {self.bounds_text()}, got {_num(value)}")
         return value
 
     def _typed(self, value: Any) -> Any:
@@ -96,11 +101,14 @@ def _num(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def resolve(options: Sequence[Option], given: Mapping[str, Any], owner: str) -> dict[str, Any]:
+def resolve(
+    options: Sequence[Option], given: Mapping[str, Any], owner: str, label: Callable[[Option], str] | None = None
+) -> dict[str, Any]:
     """Every option's value: the given ones checked, the rest at their defaults.
 
     A given name the strategy does not declare is an error naming the flag and the owner
     (`--ngram does not apply to --method sink`), so a stray flag is never silently ignored.
+    `label` names an option in value errors (default: its flag).
     """
     by_name = {option.name: option for option in options}
     unknown = sorted(set(given) - set(by_name))
@@ -109,7 +117,8 @@ def resolve(options: Sequence[Option], given: Mapping[str, Any], owner: str) -> 
         raise TokeffError(f"{flags} does not apply to {owner}")
     values = {option.name: option.default for option in options}
     for name, value in given.items():
-        values[name] = by_name[name].check(value)
+        option = by_name[name]
+        values[name] = option.check(value, label(option) if label else None)
     return values
 
 
@@ -153,10 +162,23 @@ def cli_parameters(owners: Mapping[str, Sequence[Option]], owner_label: str) -> 
         if len(types) != 1:
             raise TypeError(f"option {name} is declared with different types: {types}")
         kind = types.pop()
+        flags = [f"--{name.replace('_', '-')}", *sorted({alias for _, option in uses for alias in option.aliases})]
         text = "; ".join(f"{owner}: {option.help} (default {option.default})" for owner, option in uses)
         if kind is bool:
-            annotation = Annotated[bool | None, typer.Option(f"--{name.replace('_', '-')}", help=text)]
+            annotation = Annotated[bool | None, typer.Option(*flags, help=text)]
         else:
-            annotation = Annotated[kind | None, typer.Option(help=f"{owner_label} {text}")]
+            annotation = Annotated[kind | None, typer.Option(*flags, help=f"{owner_label} {text}")]
         parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
     return parameters
+
+
+def with_cli_parameters(parameters: Sequence[inspect.Parameter]) -> Callable[[Callable], Callable]:
+    """Decorate a Typer command taking `**options` so Typer also sees `parameters` (from `cli_parameters`)."""
+
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function, eval_str=True)
+        fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        function.__signature__ = signature.replace(parameters=[*fixed, *parameters])
+        return function
+
+    return decorate

@@ -1,6 +1,7 @@
 """Text watermarks: keys, watermarked generation, detection and evaluation.
 
-Two schemes, both keyed by a `watermark-key` artifact (`keys.py`) that records every parameter:
+Each scheme is one module in `schemes/` (the interface: `scheme.py`), keyed by a `watermark-key`
+artifact (`keys.py`) that records every parameter:
 
 - `exp` (Kuditipudi et al., "Robust Distortion-free Watermarks for Language Models"): the key is a
   sequence of n random vectors; position i of a generation uses vector (offset + i) mod n and picks

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from tokeff.decoding.watermark import exp, kgw
 from tokeff.decoding.watermark.keys import WatermarkKey
 
 
@@ -35,26 +34,14 @@ def detect_tokens(key: WatermarkKey, texts: list[list[int] | np.ndarray], alpha:
             result.error = "empty text" if result.tokens == 0 else (
                 f"too short: {result.tokens} tokens, the key needs at least {minimum}")
     arrays = [np.asarray(texts[index], dtype=np.int64) for index in testable]
-    if key.scheme == "exp":
-        floor = 1.0 / (key["runs"] + 1)
-        for index, score in zip(testable, exp.score_texts(key, arrays)):
-            _fill(results[index], score.statistic, score.p_value, floor, alpha, {"null_runs": score.runs})
-    else:
-        for index, tokens in zip(testable, arrays):
-            score = kgw.score_tokens(key, tokens)
-            details = {"scored_pairs": score.scored, "green": score.green}
-            _fill(results[index], score.statistic, score.p_value, key["green_fraction"] ** score.scored, alpha, details)
+    for index, score in zip(testable, key.rule.score(arrays)):
+        result = results[index]
+        result.statistic, result.p_value, result.p_floor = score.statistic, score.p_value, score.p_floor
+        result.watermarked = score.p_value <= alpha
+        result.details = score.details
     return results
 
 
 def detect_texts(key: WatermarkKey, tokenizer, texts: list[str], alpha: float = 0.01) -> list[Detection]:
     """Re-tokenize each text with the key's tokenizer (no special tokens) and test it."""
     return detect_tokens(key, [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts], alpha)
-
-
-def _fill(result: Detection, statistic: float, p_value: float, floor: float, alpha: float, details: dict) -> None:
-    result.statistic = statistic
-    result.p_value = p_value
-    result.p_floor = floor
-    result.watermarked = p_value <= alpha
-    result.details = details

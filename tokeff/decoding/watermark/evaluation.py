@@ -19,6 +19,7 @@ import numpy as np
 from scipy.stats import binomtest
 
 from tokeff.core import console
+from tokeff.core.reporting import STYLES, Line, line_plot
 from tokeff.decoding.watermark.detection import detect_tokens
 from tokeff.decoding.watermark.keys import WatermarkKey
 
@@ -123,52 +124,28 @@ def evaluate_detection(
 
 def plot_power(evals: list[WatermarkEval], folder: Path, prefix: str = "") -> list[Path]:
     """power_vs_length.png (one line per scheme and edit rate) and, if measured, power_vs_edits.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    styles = ["-", "--", ":", "-."]
-    for index, evaluation in enumerate(evals):
-        for rate in sorted({row["edit_rate"] for row in evaluation.power_vs_length}):
-            rows = [row for row in evaluation.power_vs_length if row["edit_rate"] == rate and row["rate"] is not None]
-            axes.plot([row["length"] for row in rows], [row["rate"] for row in rows], marker="o",
-                      linestyle=styles[index % len(styles)], label=f"{evaluation.scheme}, {rate:.0%} edits")
-    _finish(axes, "tokens", f"detected at p <= {evals[0].alpha:g}", "Detection power vs length (random edits)")
-    axes.set_xscale("log")
-    written.append(_save(figure, folder / f"{prefix}power_vs_length.png"))
+    common = dict(ylabel=f"detected at p <= {evals[0].alpha:g}", ylim=(-0.02, 1.02), guides=(0.9,))
+    lines = _lines(evals, "power_vs_length", "edit_rate", "length", lambda scheme, rate: f"{scheme}, {rate:.0%} edits")
+    written = [line_plot(folder / f"{prefix}power_vs_length.png", lines, "tokens",
+                         title="Detection power vs length (random edits)", xscale="log", **common)]
     if any(evaluation.power_vs_edits for evaluation in evals):
-        figure, axes = plt.subplots(figsize=(7, 4.5))
-        for index, evaluation in enumerate(evals):
-            for kind in sorted({row["kind"] for row in evaluation.power_vs_edits}):
-                rows = [row for row in evaluation.power_vs_edits if row["kind"] == kind and row["rate"] is not None]
-                axes.plot([row["edit_rate"] for row in rows], [row["rate"] for row in rows], marker="o",
-                          linestyle=styles[index % len(styles)], label=f"{evaluation.scheme}, {kind}")
+        lines = _lines(evals, "power_vs_edits", "kind", "edit_rate", lambda scheme, kind: f"{scheme}, {kind}")
         length = evals[0].power_vs_edits[0]["length"] if evals[0].power_vs_edits else "?"
-        _finish(axes, "edit rate", f"detected at p <= {evals[0].alpha:g}", f"Detection power vs edit rate ({length} tokens)")
-        written.append(_save(figure, folder / f"{prefix}power_vs_edits.png"))
+        written.append(line_plot(folder / f"{prefix}power_vs_edits.png", lines, "edit rate",
+                                 title=f"Detection power vs edit rate ({length} tokens)", **common))
     return written
 
 
-def _finish(axes, xlabel: str, ylabel: str, title: str) -> None:
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
-    axes.set_title(title)
-    axes.set_ylim(-0.02, 1.02)
-    axes.axhline(0.9, color="grey", linewidth=0.8, linestyle=":")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-
-
-def _save(figure, path: Path) -> Path:
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
-    return path
+def _lines(evals: list[WatermarkEval], table: str, group: str, x: str, label) -> list[Line]:
+    """One line per scheme (its own style) and value of `group`: detection rate against column `x`."""
+    lines = []
+    for index, evaluation in enumerate(evals):
+        rows = getattr(evaluation, table)
+        for value in sorted({row[group] for row in rows}):
+            kept = [row for row in rows if row[group] == value and row["rate"] is not None]
+            lines.append(Line(label(evaluation.scheme, value), [row[x] for row in kept], [row["rate"] for row in kept],
+                              STYLES[index % len(STYLES)]))
+    return lines
 
 
 def split_corpus(text: str) -> tuple[str, str]:

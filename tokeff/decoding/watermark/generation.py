@@ -1,127 +1,27 @@
-"""Watermarked generation: a token chooser for `tokeff decode --watermark`, and batched generation.
+"""Watermarked generation: the chooser hook for `tokeff decode --watermark`, and batched generation.
 
-Both paths apply the same rule per scheme: `exp` warps the logits as plain sampling would
-(temperature, top-k, top-p) and picks the token by exponential-minimum sampling at the text's key
-position; `kgw` adds the bias to the green tokens of the raw logits, then decodes as usual (greedy
-or sampling). Batched generation runs transformers' `generate` with a logits processor that applies
-the rule, so padding, caches and stopping are the library's.
+Both paths apply the key's scheme rule (`key.rule`, one module per scheme in `schemes/`): the
+chooser for a decode method, a logits processor for batched generation, which runs transformers'
+`generate` so that padding, caches and stopping are the library's.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessorList
 
-from tokeff.core.errors import TokeffError
 from tokeff.core.models import LoadedModel
 from tokeff.decoding.sampling import TokenChooser
 from tokeff.decoding.types import DecodeConfig, Prompt
-from tokeff.decoding.watermark.exp import key_positions
 from tokeff.decoding.watermark.keys import WatermarkKey
-from tokeff.decoding.watermark.kgw import green_mask
-from tokeff.kernels.exp_sampling import exp_choice
-
-
-def check_sampling(key: WatermarkKey, config: DecodeConfig) -> None:
-    if key.scheme == "exp" and config.temperature == 0:
-        raise TokeffError("the exp watermark samples: use --method sample (temperature > 0), not greedy decoding")
-
-
-def draw_offsets(key: WatermarkKey, count: int, seed: int | None) -> np.ndarray:
-    """Each text's starting key position (exp): from `seed` if given, else fresh OS randomness."""
-    n = key["key_length"] if key.scheme == "exp" else 1
-    if seed is None:
-        return np.array([secrets.randbelow(n) for _ in range(count)], dtype=np.int64)
-    return np.random.default_rng([seed, 0x5EED]).integers(0, n, size=count)
-
-
-def kgw_bias(key: WatermarkKey, logits: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
-    """Logits [rows, vocab] plus `bias` on the green list of each row's context [rows, width]."""
-    green = green_mask(key, contexts.cpu().numpy(), logits.shape[-1])
-    return logits + key["bias"] * torch.from_numpy(green).to(device=logits.device, dtype=logits.dtype)
-
-
-class ExpChooser(TokenChooser):
-    """Exponential-minimum sampling at key position (offset + tokens generated so far) mod n."""
-
-    def __init__(self, config: DecodeConfig, key: WatermarkKey, offset: int) -> None:
-        check_sampling(key, config)
-        super().__init__(config)
-        self.key = key
-        self.offset = offset
-        self.prompt_length: int | None = None
-
-    def choose(self, logits: torch.Tensor, history: Sequence[int]) -> int:
-        if self.prompt_length is None:
-            self.prompt_length = len(history)
-        position = key_positions(self.key, self.offset, len(history) - self.prompt_length)
-        probs = self.distribution(logits).reshape(1, -1).numpy()
-        return int(exp_choice(probs, self.key.words[[position]])[0])
-
-    def sample(self, probs: torch.Tensor) -> int:
-        raise TokeffError("this decode method draws tokens without their position in the text, "
-                          "so it cannot carry a watermark; use --method sample")
-
-
-class KgwChooser(TokenChooser):
-    """Green-list bias on the logits, then greedy or sampling as configured."""
-
-    def __init__(self, config: DecodeConfig, key: WatermarkKey) -> None:
-        super().__init__(config)
-        self.key = key
-
-    def choose(self, logits: torch.Tensor, history: Sequence[int]) -> int:
-        width = self.key["context_width"]
-        if len(history) >= width:
-            context = torch.tensor([list(history[-width:])])
-            logits = kgw_bias(self.key, logits.reshape(1, -1).float(), context)[0]
-        return int(logits.argmax()) if self.greedy else super().sample(self.distribution(logits))
-
-    def sample(self, probs: torch.Tensor) -> int:
-        raise TokeffError("this decode method draws tokens without their context, "
-                          "so it cannot carry a watermark; use --method sample or greedy")
 
 
 def chooser_factory(key: WatermarkKey, offset: int | None = None) -> Callable[[DecodeConfig], TokenChooser]:
     """The `DecodeConfig.chooser_factory` that watermarks every text a decode method generates."""
-
-    def make(config: DecodeConfig) -> TokenChooser:
-        if key.scheme == "exp":
-            start = offset if offset is not None else int(draw_offsets(key, 1, config.seed)[0])
-            return ExpChooser(config, key, start)
-        return KgwChooser(config, key)
-
-    return make
-
-
-class ExpLogitsProcessor(LogitsProcessor):
-    """Batched `ExpChooser`: leaves only the exp-sampled token of each row (greedy decoding then takes it)."""
-
-    def __init__(self, key: WatermarkKey, config: DecodeConfig, offsets: np.ndarray, prompt_length: int) -> None:
-        self.key = key
-        self.warp = TokenChooser(config)
-        self.offsets = offsets
-        self.prompt_length = prompt_length
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        positions = key_positions(self.key, self.offsets, input_ids.shape[1] - self.prompt_length)
-        tokens = exp_choice(self.warp.distribution(scores).numpy(), self.key.words[positions])
-        chosen = torch.full_like(scores, -torch.inf)
-        chosen[torch.arange(len(tokens)), torch.from_numpy(tokens).to(scores.device)] = 0.0
-        return chosen
-
-
-class KgwLogitsProcessor(LogitsProcessor):
-    def __init__(self, key: WatermarkKey) -> None:
-        self.key = key
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return kgw_bias(self.key, scores, input_ids[:, -self.key["context_width"] :])
+    return lambda config: key.rule.chooser(config, offset)
 
 
 @dataclass
@@ -150,10 +50,10 @@ def generate_texts(
 ) -> list[Generation]:
     """Continue every prompt (watermarked with `key`, or plain sampling without one), `batch_size` at a time."""
     if key is not None:
-        check_sampling(key, config)
+        key.rule.check_sampling(config)
     if config.seed is not None:
         torch.manual_seed(config.seed)
-    offsets = draw_offsets(key, len(prompts), config.seed) if key is not None and key.scheme == "exp" else None
+    offsets = key.rule.offsets(len(prompts), config.seed) if key is not None else None
     eos = sorted(lm.eos_token_ids)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
     results: list[Generation] = []
@@ -188,11 +88,12 @@ def _generation_setup(key, config, offsets, prompt_length, pad, eos):
         min_new_tokens=0 if config.stop_at_eos else config.max_new_tokens,
     )
     processors = LogitsProcessorList()
-    if key is not None and key.scheme == "exp":  # the processor warps and picks; greedy decoding takes its pick
-        processors.append(ExpLogitsProcessor(key, config, offsets, prompt_length))
-        return GenerationConfig(do_sample=False, **settings), processors
     if key is not None:
-        processors.append(KgwLogitsProcessor(key))
+        processors.append(key.rule.logits_processor(config, offsets, prompt_length))
+        if key.rule.picks_token:  # the processor warps and picks; greedy decoding takes its pick
+            return GenerationConfig(do_sample=False, **settings), processors
+        if key.rule.warps:  # the processor warped already: sample its distribution as it is
+            return GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, **settings), processors
     if config.temperature == 0:
         return GenerationConfig(do_sample=False, **settings), processors
     sampling = GenerationConfig(

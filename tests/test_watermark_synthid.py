@@ -1,0 +1,115 @@
+"""The synthid scheme: g-values, context masks and the generation rule equal transformers' own; detection works."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import kstest
+from transformers.generation.logits_process import SynthIDTextWatermarkLogitsProcessor
+
+from tokeff.core.models import load_model
+from tokeff.decoding import get_method
+from tokeff.decoding.types import DecodeConfig, Prompt
+from tokeff.decoding.watermark.detection import detect_tokens
+from tokeff.decoding.watermark.generation import chooser_factory, generate_texts
+from tokeff.decoding.watermark.keys import make_key
+from tokeff.decoding.watermark.schemes import synthid
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_llama_dir):
+    return load_model(str(tiny_llama_dir), device="cpu")
+
+
+def _transformers(key):
+    return SynthIDTextWatermarkLogitsProcessor(
+        ngram_len=key["ngram_len"], keys=key.words.view(np.int64).tolist(),
+        sampling_table_size=key["sampling_table_size"], sampling_table_seed=key["sampling_table_seed"],
+        context_history_size=key["context_history_size"], device=torch.device("cpu"),
+        skip_first_ngram_calls=key["skip_first_ngram_calls"],
+    )
+
+
+@pytest.mark.parametrize("ngram_len, table_size, seed", [(5, 2**16, 0), (3, 1000, 7), (2, 2**20, 123)])
+def test_g_values_and_context_mask_equal_transformers(lm, ngram_len, table_size, seed):
+    key = make_key("synthid", lm.tokenizer, lm.spec, seed=seed, ngram_len=ngram_len, sampling_table_size=table_size,
+                   sampling_table_seed=seed, depth=12)
+    processor = _transformers(key)
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, 3, size=(3, 120))  # three distinct tokens: many repeated contexts
+    theirs = processor.compute_g_values(torch.from_numpy(tokens)).numpy()
+    ngrams = np.lib.stride_tricks.sliding_window_view(tokens, ngram_len, axis=1)
+    ours = synthid.g_values_of_hashes(synthid.accumulate(np.ones(ngrams.shape[:2], dtype=np.uint64), ngrams),
+                                      key.words, key.rule.table)
+    assert ours.shape == theirs.shape and (ours == theirs).all()
+    assert 0.4 < ours.mean() < 0.6
+    fresh = processor.compute_context_repetition_mask(torch.from_numpy(tokens)).numpy().astype(bool)
+    for row in range(len(tokens)):
+        assert (synthid.first_context_ngrams(tokens[row], ngram_len) == ngrams[row][fresh[row]]).all()
+        assert fresh[row].sum() < len(fresh[row])  # the test covers repeated contexts
+
+
+def test_generation_rule_equals_transformers_processor(lm):
+    key = make_key("synthid", lm.tokenizer, lm.spec, seed=3, ngram_len=3, depth=8)
+    theirs = _transformers(key)
+    ours = key.rule.logits_processor(DecodeConfig(temperature=1.0), None, prompt_length=4)
+    rng = np.random.default_rng(0)
+    ids = torch.from_numpy(rng.integers(0, 50, size=(2, 4)))
+    for _ in range(10):  # includes a repeated context: the last token repeats, so contexts recur
+        scores = torch.from_numpy(rng.normal(size=(2, len(lm.tokenizer)))).float()
+        expected = torch.softmax(theirs(ids, scores.clone()), dim=-1)
+        got = torch.softmax(ours(ids, scores.clone()), dim=-1)
+        assert torch.allclose(got, expected, atol=1e-5)
+        ids = torch.cat([ids, torch.full((2, 1), 7)], dim=1)
+
+
+def test_synthid_round_trip_and_valid_null(lm):
+    key = make_key("synthid", lm.tokenizer, lm.spec, seed=5, runs=199)
+    config = DecodeConfig(max_new_tokens=48, temperature=1.0, seed=2, stop_at_eos=False)
+    prompts = ["To be, or not", "All the world", "Now is the winter"]
+    marked = generate_texts(lm, prompts, key, config, batch_size=3)
+    plain = generate_texts(lm, prompts, None, config, batch_size=3)
+    assert all(r.p_value <= 0.01 for r in detect_tokens(key, [item.token_ids for item in marked]))
+    assert not any(r.watermarked for r in detect_tokens(key, [item.token_ids for item in plain]))
+    # `tokeff decode --watermark`: a decode method with the scheme's chooser
+    chosen = DecodeConfig(**{**config.__dict__, "chooser_factory": chooser_factory(key)})
+    single = get_method("sample")(lm, chosen).generate(Prompt.from_text(lm, prompts[0]))
+    assert detect_tokens(key, [single.token_ids])[0].p_value <= 0.01
+    weighted = key.for_detection({"statistic": "weighted_mean"})
+    scores = [(a.statistic, b.statistic) for a, b in zip(detect_tokens(key, [marked[0].token_ids]),
+                                                          detect_tokens(weighted, [marked[0].token_ids]))]
+    assert scores[0][0] != scores[0][1] and detect_tokens(weighted, [marked[0].token_ids])[0].p_value <= 0.01
+    rng = np.random.default_rng(1)
+    texts = [rng.integers(0, 300, size=40) for _ in range(200)]
+    p_values = np.array([r.p_value for r in detect_tokens(key, texts)])
+    assert kstest(p_values, "uniform").pvalue > 1e-3 and (p_values <= 0.05).mean() <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 200)
+
+
+def test_text_watermarked_by_transformers_is_detected_with_a_key_from_its_config(lm, tmp_path, capsys, monkeypatch):
+    import json
+    import sys
+
+    from transformers import GenerationConfig, SynthIDTextWatermarkingConfig
+
+    from tokeff.cli.app import main
+    from tokeff.decoding.watermark.keys import load_key
+
+    config = SynthIDTextWatermarkingConfig(keys=[654, 400, 836, 123, 340, 443, 597, 160, 57, 29], ngram_len=4)
+    path = tmp_path / "synthid.json"
+    path.write_text(json.dumps(config.to_dict()))
+    monkeypatch.setattr(sys, "argv", ["tokeff", "watermark", "keygen", "-m", lm.spec, "-o", str(tmp_path / "k"),
+                                      "--scheme", "synthid", "--from-transformers", str(path)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code in (0, None), capsys.readouterr().err
+    key = load_key(tmp_path / "k")
+    assert key.words.view(np.int64).tolist() == config.keys and key["ngram_len"] == 4 and key["depth"] == 10
+    torch.manual_seed(0)
+    prompt = torch.tensor([lm.tokenizer("To be, or not")["input_ids"]] * 3)
+    settings = dict(do_sample=True, max_new_tokens=48, min_new_tokens=48, pad_token_id=0)
+    marked = lm.model.generate(prompt, generation_config=GenerationConfig(watermarking_config=config, **settings))
+    plain = lm.model.generate(prompt, generation_config=GenerationConfig(**settings))
+    width = prompt.shape[1]
+    assert all(r.p_value <= 0.01 for r in detect_tokens(key, marked[:, width:].tolist()))
+    assert not any(r.watermarked for r in detect_tokens(key, plain[:, width:].tolist()))

@@ -1,0 +1,1 @@
+"""One module per watermark scheme; each registers its `WatermarkScheme` with `SCHEMES` (see `../scheme.py`)."""

@@ -1,0 +1,213 @@
+"""The `synthid` scheme (SynthID-Text, Dathathri et al., Nature 2024) with transformers' hashing and parameters.
+
+g-values are computed exactly as transformers' `SynthIDTextWatermarkLogitsProcessor` does: an
+int64 linear-congruential hash of the n-gram (context then token), then of each depth's key,
+taken modulo a 0/1 sampling table drawn by `torch.randint` from `sampling_table_seed` (on the
+CPU). Generation reweights the warped distribution with one tournament layer per key (the
+processor's `update_scores`), skipping a context already seen in the text, as transformers does.
+
+Detection scores the mean (or depth-weighted mean) g-value over the text's n-grams whose context appears for the first
+time (a repeated context is one piece of evidence, not many), and its p-value is a Monte Carlo
+test against random keys on the same n-grams, so p >= 1 / (runs + 1). No detector is trained.
+
+Where tokeff and transformers could differ, tokeff follows transformers: the tournament reweights
+the distribution after temperature/top-k/top-p (transformers appends its watermark processor
+last); the context of the first generated tokens is zero-padded, never the prompt; a context seen
+among the last `context_history_size` ones is left unwatermarked. Two differences remain:
+detection skips every repeated context of the text (transformers' mask forgets contexts older than
+`context_history_size`), and the sampling table is always drawn on the CPU (transformers draws it
+on the processor's device, and CUDA's generator (Philox) is not the CPU's (Mersenne Twister)). A key from
+`keygen --from-transformers` therefore matches text that transformers watermarked on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import LogitsProcessor
+
+from tokeff.core.errors import TokeffError
+from tokeff.core.options import Option
+from tokeff.decoding.sampling import TokenChooser
+from tokeff.decoding.types import DecodeConfig
+from tokeff.decoding.watermark.keys import WatermarkKey
+from tokeff.decoding.watermark.scheme import MIN_TOKENS, RUNS, SCHEMES, Score, WatermarkScheme, null_seed
+
+MULTIPLIER = np.uint64(6364136223846793005)  # transformers' `accumulate_hash` (newlib/musl LCG)
+
+
+def accumulate(hashes: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """transformers' accumulate_hash in wrapping uint64 arithmetic (bit-identical to its int64 torch ops)."""
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    data = np.asarray(data, dtype=np.int64).view(np.uint64)
+    for column in range(data.shape[-1]):
+        hashes = (hashes + data[..., column]) * MULTIPLIER + np.uint64(1)
+    return hashes
+
+
+def sampling_table(size: int, seed: int) -> np.ndarray:
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randint(low=0, high=2, size=(size,), generator=generator).numpy()
+
+
+def g_values_of_hashes(ngram_hashes: np.ndarray, keys: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """[..., depth] g-values from each n-gram's hash and the depth keys (uint64 words)."""
+    hashed = (ngram_hashes[..., None] + keys) * MULTIPLIER + np.uint64(1)
+    return table[np.mod(hashed.view(np.int64), len(table))]
+
+
+def first_context_ngrams(tokens: np.ndarray, ngram_len: int) -> np.ndarray:
+    """The text's n-grams [m, ngram_len] whose context (first ngram_len - 1 tokens) has not occurred before."""
+    ngrams = np.lib.stride_tricks.sliding_window_view(np.asarray(tokens, dtype=np.int64), ngram_len)
+    _, first = np.unique(ngrams[:, :-1], axis=0, return_index=True)
+    return ngrams[np.sort(first)]
+
+
+def tournament(probs: torch.Tensor, g_values: torch.Tensor) -> torch.Tensor:
+    """transformers' `update_scores` on probabilities: one tournament layer per depth. g_values [rows, vocab, depth]."""
+    for depth in range(g_values.shape[-1]):
+        g = g_values[:, :, depth]
+        probs = probs * (1 + g - (g * probs).sum(dim=1, keepdim=True))
+    return probs
+
+
+class SynthIdRule:
+    """The generation rule for one text: context from generated tokens (zeros before them), seen contexts skipped."""
+
+    def __init__(self, scheme: SynthId) -> None:
+        self.scheme = scheme
+        self.generated: list[int] = []
+        self.seen: list[int] = []
+
+    def reweight(self, probs: torch.Tensor) -> torch.Tensor:
+        key = self.scheme.key
+        width = key["ngram_len"] - 1
+        context = ([0] * width + self.generated)[-width:] if width else []
+        calls = len(self.generated) + 1
+        if key["skip_first_ngram_calls"] and calls < key["ngram_len"]:
+            return probs
+        context_hash = int(accumulate(np.ones(1, dtype=np.uint64), np.array([context], dtype=np.int64))[0])
+        repeated = context_hash in self.seen[-key["context_history_size"] :]
+        self.seen.append(context_hash)
+        if repeated:
+            return probs
+        hashes = accumulate(np.full(probs.shape[-1], context_hash, dtype=np.uint64), np.arange(probs.shape[-1])[:, None])
+        g = g_values_of_hashes(hashes, self.scheme.keys, self.scheme.table)
+        return tournament(probs.reshape(1, -1).double(), torch.from_numpy(g[None]).double())[0].float()
+
+
+class SynthIdChooser(TokenChooser):
+    def __init__(self, config: DecodeConfig, scheme: SynthId) -> None:
+        super().__init__(config)
+        self.rule = SynthIdRule(scheme)
+        self.prompt_length: int | None = None
+
+    def choose(self, logits: torch.Tensor, history: Sequence[int]) -> int:
+        if self.prompt_length is None:
+            self.prompt_length = len(history)
+        self.rule.generated = list(history[self.prompt_length :])
+        probs = self.rule.reweight(self.distribution(logits).reshape(-1))
+        return int(probs.argmax()) if self.greedy else super().sample(probs / probs.sum())
+
+    def sample(self, probs: torch.Tensor) -> int:
+        raise TokeffError("this decode method draws tokens without their context, "
+                          "so it cannot carry a watermark; use --method sample or greedy")
+
+
+class SynthIdLogitsProcessor(LogitsProcessor):
+    """Batched rule: warps as the config says, reweights each row, returns log-probabilities to sample from."""
+
+    def __init__(self, scheme: SynthId, config: DecodeConfig, prompt_length: int) -> None:
+        self.scheme = scheme
+        self.warp = TokenChooser(config)
+        self.rules: list[SynthIdRule] = []
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if not self.rules:
+            self.rules = [SynthIdRule(self.scheme) for _ in range(input_ids.shape[0])]
+        probs = self.warp.distribution(scores)
+        rows = []
+        for row, rule in enumerate(self.rules):
+            rule.generated = input_ids[row, self.prompt_length :].tolist()
+            rows.append(rule.reweight(probs[row]))
+        return torch.log(torch.stack(rows)).to(scores.device, scores.dtype)
+
+
+@SCHEMES.register
+class SynthId(WatermarkScheme):
+    name = "synthid"
+    summary = "tournament sampling (SynthID-Text), transformers' hashing"
+    options = (
+        Option("depth", int, 30, "Tournament layers: one secret key each (transformers' `keys`).", min=1, max=128),
+        Option("ngram_len", int, 5, "n-gram length: the previous ngram_len - 1 tokens seed the g-values.", min=2, max=64),
+        Option("context_history_size", int, 1024, "Recent contexts remembered so a repeated one is not watermarked.", min=1),
+        Option("sampling_table_size", int, 2**16, "Size of the 0/1 table g-values are read from.", min=2, max=2**24),
+        Option("sampling_table_seed", int, 0, "Seed of the sampling table (torch.randint on the CPU).", min=0),
+        Option("skip_first_ngram_calls", bool, False, "Leave the first ngram_len - 1 generated tokens unwatermarked."),
+        # SynthID-Text's weighted mean weighs depth d by linspace(10, 1, depth), normalized to mean 1:
+        # the first tournament layers move the distribution most
+        Option("statistic", str, "mean", "Score: mean g-value, or weighted_mean (early layers weigh more).",
+               choices=("mean", "weighted_mean")),
+        RUNS,
+        MIN_TOKENS,
+    )
+    detection_options = ("runs", "statistic")
+    warps = True
+
+    @classmethod
+    def word_count(cls, params: Mapping[str, Any]) -> int:
+        return params["depth"]
+
+    @classmethod
+    def from_transformers(cls, config: Mapping[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+        """From `SynthIDTextWatermarkingConfig(...).to_dict()`: its keys become the secret words."""
+        fields = {"ngram_len", "context_history_size", "sampling_table_size", "sampling_table_seed",
+                  "skip_first_ngram_calls"}
+        keys = config.get("keys")
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, int) and -(2**63) <= k < 2**63 for k in keys):
+            raise TokeffError("a SynthID config needs 'keys': a non-empty list of 64-bit integers")
+        if config.get("debug_mode"):
+            raise TokeffError("a SynthID config with debug_mode set does not watermark; unset it")
+        unknown = sorted(set(config) - fields - {"keys", "debug_mode", "watermarking_type"})
+        if unknown:
+            raise TokeffError(f"unknown SynthID config field(s): {', '.join(unknown)}")
+        params = cls.parameters({"depth": len(keys), **{name: config[name] for name in fields if name in config}})
+        return params, np.array(keys, dtype=np.int64).view(np.uint64)
+
+    @cached_property
+    def table(self) -> np.ndarray:
+        return sampling_table(self.key["sampling_table_size"], self.key["sampling_table_seed"])
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self.key.words
+
+    def chooser(self, config: DecodeConfig, offset: int | None = None) -> TokenChooser:
+        return SynthIdChooser(config, self)
+
+    def logits_processor(self, config: DecodeConfig, offsets: np.ndarray | None, prompt_length: int) -> LogitsProcessor:
+        return SynthIdLogitsProcessor(self, config, prompt_length)
+
+    def score(self, texts: Sequence[np.ndarray]) -> list[Score]:
+        runs, floor = self.key["runs"], 1.0 / (self.key["runs"] + 1)
+        weights = np.ones(len(self.keys))
+        if self.key["statistic"] == "weighted_mean":
+            weights = np.linspace(10, 1, len(self.keys))
+            weights *= len(weights) / weights.sum()
+        results = []
+        for tokens in texts:
+            ngrams = first_context_ngrams(tokens, self.key["ngram_len"])
+            hashes = accumulate(np.ones(len(ngrams), dtype=np.uint64), ngrams)
+            observed = (g_values_of_hashes(hashes, self.keys, self.table) * weights).mean()
+            rng = np.random.default_rng(null_seed(self.key, tokens))
+            null_keys = rng.integers(0, 2**64, size=(runs, 1, len(self.keys)), dtype=np.uint64)
+            null = (g_values_of_hashes(hashes[None, :], null_keys, self.table) * weights).mean(axis=(1, 2))
+            exceed = int((null >= observed).sum())
+            results.append(Score(float(observed), (exceed + 1) / (runs + 1), floor,
+                                 {"scored_ngrams": len(ngrams)}))
+        return results

@@ -100,3 +100,30 @@ def test_model_checks_catch_vocab_larger_than_embeddings(tmp_path, tiny_llama_di
     problems = verify_artifact(bad)
     assert any("embed_tokens.weight has shape" in p for p in problems)
     assert any("tokenizer has token id" in p for p in problems)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["parameters"].update(k=4),
+    lambda m: m["inputs"][0].update(sha256="cd" * 32),
+    lambda m: m["metrics"].update(score=0.25),
+    lambda m: m.pop("digest"),
+])
+def test_verify_catches_an_edited_manifest(tmp_path, edit):
+    out = _write(tmp_path / "art")
+    manifest = json.loads((out / "tokeff.json").read_text())
+    edit(manifest)
+    (out / "tokeff.json").write_text(json.dumps(manifest))
+    assert verify_artifact(out) == [
+        "tokeff.json was edited (its digest does not match its parameters, inputs, metrics and file hashes)"
+    ]
+    with pytest.raises(TokeffError, match="failed verification: tokeff.json was edited"):
+        load_artifact(out)
+
+
+def test_version_1_manifests_without_digest_still_verify(tmp_path):
+    out = _write(tmp_path / "art")
+    manifest = json.loads((out / "tokeff.json").read_text())
+    manifest.pop("digest")
+    manifest["format_version"] = 1
+    (out / "tokeff.json").write_text(json.dumps(manifest))
+    assert verify_artifact(out) == []

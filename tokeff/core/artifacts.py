@@ -23,14 +23,15 @@ from safetensors import SafetensorError, safe_open
 
 import tokeff
 from tokeff.core.errors import TokeffError
-from tokeff.core.hashing import sha256_file
+from tokeff.core.hashing import sha256_bytes, sha256_file
 
 if TYPE_CHECKING:
     import torch
 
 MANIFEST_NAME = "tokeff.json"
 FORMAT = "tokeff-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest records `digest`, the sha256 of its own canonical JSON
+_READABLE_VERSIONS = (1, 2)  # version 1 (no digest) is still read: caches converted before version 2
 
 # Extra checks for artifact kinds beyond hashes and model shapes: kind -> "module:function",
 # imported only when such an artifact is verified. The function takes (path, manifest) and
@@ -52,15 +53,23 @@ class Manifest:
     parameters: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    digest: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
+        return {"format": FORMAT, **asdict(self)}
+
+    def content_digest(self) -> str:
+        """sha256 of every field but the digest itself, so an edited parameter, input, metric or file
+        hash in tokeff.json is caught even when it changes no tensor."""
+        content = {key: value for key, value in self.to_json().items() if key != "digest"}
+        return sha256_bytes(json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         if data.get("format") != FORMAT:
             raise ValueError("not a tokeff manifest")
-        if data.get("format_version") != FORMAT_VERSION:
+        if data.get("format_version") not in _READABLE_VERSIONS:
             raise ValueError(f"manifest format version {data.get('format_version')} is not supported")
         known = {name for name in cls.__dataclass_fields__}
         return cls(**{key: value for key, value in data.items() if key in known})
@@ -130,6 +139,7 @@ class ArtifactWriter:
         try:
             self.manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             self.manifest.files = _hash_files(tmp)
+            self.manifest.digest = self.manifest.content_digest()
             (tmp / MANIFEST_NAME).write_text(json.dumps(self.manifest.to_json(), indent=2) + "\n")
             _replace_dir(tmp, self.out)
         except BaseException:
@@ -188,7 +198,7 @@ def verify_artifact(path: Path | str) -> list[str]:
     """Every problem found: missing, extra or altered files, unreadable tensors, shape mismatches."""
     path = Path(path)
     manifest = read_manifest(path)
-    problems = _check_hashes(path, manifest)
+    problems = _check_digest(manifest) + _check_hashes(path, manifest)
     if problems:  # later checks would only repeat the damage in other words
         return problems
     problems += _check_safetensors(path, manifest)
@@ -211,6 +221,14 @@ def load_artifact(path: Path | str, kind: str | None = None) -> Manifest:
     if problems:
         raise TokeffError(f"{path}: failed verification: {problems[0]}")
     return manifest
+
+
+def _check_digest(manifest: Manifest) -> list[str]:
+    if manifest.format_version < 2:
+        return []
+    if manifest.digest != manifest.content_digest():
+        return [f"{MANIFEST_NAME} was edited (its digest does not match its parameters, inputs, metrics and file hashes)"]
+    return []
 
 
 def _check_hashes(path: Path, manifest: Manifest) -> list[str]:

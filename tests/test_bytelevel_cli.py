@@ -49,3 +49,7 @@ def test_decode_methods_from_the_command_line(tiny_gemma_dir, method):
         run_cli("decode", "-m", tiny_gemma_dir, "--method", method, "--prompt", PROMPT, "--max-new-tokens", 6, "--ignore-eos", "--json", check=0).stdout
     )
     assert payload["method"] == method and payload["tokens"] == 6 and payload["forward_passes"] >= 1
+    if method == "byte":  # greedy over bytes: the same bytes as a one-model byte-level ensemble picks
+        ensemble = run_cli("ensemble", "-m", tiny_gemma_dir, "--prompt", PROMPT, "--max-new-bytes", 6, "--ignore-eos", "--json",
+                           check=0)
+        assert payload["text"] == json.loads(ensemble.stdout)["text"]

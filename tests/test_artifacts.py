@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -9,8 +10,10 @@ from tokeff.core.errors import TokeffError
 
 
 def _write(out, force=False, **tensors):
+    corpus = out.parent / "corpus.txt"
+    corpus.write_text("some text")
     with ArtifactWriter(out, kind="test", force=force, parameters={"k": 3}) as writer:
-        writer.add_input("text", "corpus.txt", "ab" * 32)
+        writer.add_input("text", "corpus.txt", corpus)
         writer.save_tensors("weights.safetensors", tensors or {"w": torch.arange(12.0).reshape(3, 4)})
         writer.metrics["score"] = 0.5
     return out
@@ -21,7 +24,7 @@ def test_writer_produces_verified_artifact_with_manifest(tmp_path):
     manifest = read_manifest(out)
     assert manifest.kind == "test"
     assert manifest.parameters == {"k": 3} and manifest.metrics == {"score": 0.5}
-    assert manifest.input("text")["sha256"] == "ab" * 32
+    assert manifest.input("text")["sha256"] == hashlib.sha256(b"some text").hexdigest()
     assert set(manifest.files) == {"weights.safetensors"}
     assert verify_artifact(out) == []
     assert torch.equal(load_file(out / "weights.safetensors")["w"], torch.arange(12.0).reshape(3, 4))
@@ -127,3 +130,17 @@ def test_version_1_manifests_without_digest_still_verify(tmp_path):
     manifest["format_version"] = 1
     (out / "tokeff.json").write_text(json.dumps(manifest))
     assert verify_artifact(out) == []
+
+
+def test_input_fingerprint_of_a_folder_follows_its_files(tmp_path):
+    from tokeff.core.artifacts import input_fingerprint
+
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    first = input_fingerprint(folder)
+    (folder / "a.txt").write_text("b")
+    assert input_fingerprint(folder) != first
+    art = _write(tmp_path / "art")  # an artifact: from its manifest's file hashes, equal to hashing the files
+    listing = "\n".join(f"{name} {entry['sha256']}" for name, entry in read_manifest(art).files.items())
+    assert input_fingerprint(art) == hashlib.sha256(listing.encode()).hexdigest()

@@ -114,7 +114,9 @@ class ArtifactWriter:
             raise RuntimeError("ArtifactWriter used outside its `with` block")
         return self._tmp
 
-    def add_input(self, role: str, spec: str, sha256: str | None) -> None:
+    def add_input(self, role: str, spec: str, source: Path | str | None) -> None:
+        """Record an input by the one fingerprint of its file or folder (None: nothing to hash)."""
+        sha256 = input_fingerprint(source) if source is not None else None
         self.manifest.inputs.append({"role": role, "spec": spec, "sha256": sha256})
 
     def save_tensors(self, filename: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
@@ -153,6 +155,16 @@ def check_output_path(out: Path, force: bool) -> None:
         raise TokeffError(f"{out} already exists (use --force to replace it)")
     if out.exists() and not out.is_dir():
         raise TokeffError(f"{out} exists and is not a directory")
+
+
+def input_fingerprint(path: Path | str) -> str:
+    """The one sha256 every manifest records an input by: a file's own hash; a folder's, over its
+    files' names and hashes (a tokeff artifact's manifest already lists them, verified on load)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    listed = read_manifest(path).files if is_artifact(path) else _hash_files(path)
+    return sha256_bytes("\n".join(f"{name} {entry['sha256']}" for name, entry in sorted(listed.items())).encode())
 
 
 def _command_line() -> list[str]:

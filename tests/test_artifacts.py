@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -9,8 +10,10 @@ from tokeff.core.errors import TokeffError
 
 
 def _write(out, force=False, **tensors):
+    corpus = out.parent / "corpus.txt"
+    corpus.write_text("some text")
     with ArtifactWriter(out, kind="test", force=force, parameters={"k": 3}) as writer:
-        writer.add_input("text", "corpus.txt", "ab" * 32)
+        writer.add_input("text", "corpus.txt", corpus)
         writer.save_tensors("weights.safetensors", tensors or {"w": torch.arange(12.0).reshape(3, 4)})
         writer.metrics["score"] = 0.5
     return out
@@ -21,7 +24,7 @@ def test_writer_produces_verified_artifact_with_manifest(tmp_path):
     manifest = read_manifest(out)
     assert manifest.kind == "test"
     assert manifest.parameters == {"k": 3} and manifest.metrics == {"score": 0.5}
-    assert manifest.input("text")["sha256"] == "ab" * 32
+    assert manifest.input("text")["sha256"] == hashlib.sha256(b"some text").hexdigest()
     assert set(manifest.files) == {"weights.safetensors"}
     assert verify_artifact(out) == []
     assert torch.equal(load_file(out / "weights.safetensors")["w"], torch.arange(12.0).reshape(3, 4))
@@ -100,3 +103,44 @@ def test_model_checks_catch_vocab_larger_than_embeddings(tmp_path, tiny_llama_di
     problems = verify_artifact(bad)
     assert any("embed_tokens.weight has shape" in p for p in problems)
     assert any("tokenizer has token id" in p for p in problems)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["parameters"].update(k=4),
+    lambda m: m["inputs"][0].update(sha256="cd" * 32),
+    lambda m: m["metrics"].update(score=0.25),
+    lambda m: m.pop("digest"),
+])
+def test_verify_catches_an_edited_manifest(tmp_path, edit):
+    out = _write(tmp_path / "art")
+    manifest = json.loads((out / "tokeff.json").read_text())
+    edit(manifest)
+    (out / "tokeff.json").write_text(json.dumps(manifest))
+    assert verify_artifact(out) == [
+        "tokeff.json was edited (its digest does not match its parameters, inputs, metrics and file hashes)"
+    ]
+    with pytest.raises(TokeffError, match="failed verification: tokeff.json was edited"):
+        load_artifact(out)
+
+
+def test_version_1_manifests_without_digest_still_verify(tmp_path):
+    out = _write(tmp_path / "art")
+    manifest = json.loads((out / "tokeff.json").read_text())
+    manifest.pop("digest")
+    manifest["format_version"] = 1
+    (out / "tokeff.json").write_text(json.dumps(manifest))
+    assert verify_artifact(out) == []
+
+
+def test_input_fingerprint_of_a_folder_follows_its_files(tmp_path):
+    from tokeff.core.artifacts import input_fingerprint
+
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    first = input_fingerprint(folder)
+    (folder / "a.txt").write_text("b")
+    assert input_fingerprint(folder) != first
+    art = _write(tmp_path / "art")  # an artifact: from its manifest's file hashes, equal to hashing the files
+    listing = "\n".join(f"{name} {entry['sha256']}" for name, entry in read_manifest(art).files.items())
+    assert input_fingerprint(art) == hashlib.sha256(listing.encode()).hexdigest()

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from test_cli import tokeff
+from helpers import run_cli
 
 PROMPT = "def fib(n):\n    ret"
 
@@ -11,11 +11,11 @@ PROMPT = "def fib(n):\n    ret"
 def test_ensemble_json_and_stream(tiny_llama_dir, tiny_gemma_dir):
     args = ["ensemble", "-m", tiny_llama_dir, "-m", tiny_gemma_dir, "--prompt", PROMPT, "--max-new-bytes", 8]
     args += ["--ignore-eos", "--weight", 1, "--weight", 3, "--stop", "\\n"]
-    payload = json.loads(tokeff(*args, "--json", check=0).stdout)
+    payload = json.loads(run_cli(*args, "--json", check=0).stdout)
     assert 1 <= payload["bytes"] <= 8 and payload["weights"] == [0.25, 0.75] and payload["mode"] == "mix"
     assert "\n" not in payload["text"][:-1]  # generation stops right after a newline
     assert set(payload["model_calls"]) == {str(tiny_llama_dir), str(tiny_gemma_dir)}
-    streamed = tokeff(*args, check=0)
+    streamed = run_cli(*args, check=0)
     assert streamed.stdout.rstrip("\n") == payload["text"].rstrip("\n")
     assert "bytes/s" in streamed.stderr and "bytes/s" not in streamed.stdout
 
@@ -24,7 +24,7 @@ def test_eval_bpb_with_several_models(tiny_llama_dir, tiny_gemma_dir, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("All the world's a stage,\nand all the men\n")
     args = ["eval", "bpb", "-m", tiny_llama_dir, "-m", tiny_gemma_dir, text, "--segment-bytes", 26]
-    payload = json.loads(tokeff(*args, "--json", check=0).stdout)
+    payload = json.loads(run_cli(*args, "--json", check=0).stdout)
     assert payload["bytes"] == len(text.read_bytes()) and payload["segments"] == 2 and payload["mode"] == "mix"
     assert len(payload["member_bpb"]) == 2 and payload["bpb"] <= sum(payload["member_bpb"]) / 2
 
@@ -39,13 +39,17 @@ def test_eval_bpb_with_several_models(tiny_llama_dir, tiny_gemma_dir, tmp_path):
 )
 def test_ensemble_bad_arguments(tiny_llama_dir, tiny_gemma_dir, args, message):
     for command in (["ensemble", "--prompt", "x"], ["eval", "bpb", "pyproject.toml"]):
-        result = tokeff(*command, "-m", tiny_llama_dir, "-m", tiny_gemma_dir, *args)
+        result = run_cli(*command, "-m", tiny_llama_dir, "-m", tiny_gemma_dir, *args)
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("method", ["byte", "heal"])
 def test_decode_methods_from_the_command_line(tiny_gemma_dir, method):
     payload = json.loads(
-        tokeff("decode", "-m", tiny_gemma_dir, "--method", method, "--prompt", PROMPT, "--max-new-tokens", 6, "--ignore-eos", "--json", check=0).stdout
+        run_cli("decode", "-m", tiny_gemma_dir, "--method", method, "--prompt", PROMPT, "--max-new-tokens", 6, "--ignore-eos", "--json", check=0).stdout
     )
     assert payload["method"] == method and payload["tokens"] == 6 and payload["forward_passes"] >= 1
+    if method == "byte":  # greedy over bytes: the same bytes as a one-model byte-level ensemble picks
+        ensemble = run_cli("ensemble", "-m", tiny_gemma_dir, "--prompt", PROMPT, "--max-new-bytes", 6, "--ignore-eos", "--json",
+                           check=0)
+        assert payload["text"] == json.loads(ensemble.stdout)["text"]

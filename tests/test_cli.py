@@ -1,44 +1,45 @@
 """The command line as users and CI jobs see it: stdout, stderr, exit codes."""
 
 import json
-import os
-import subprocess
-import sys
-
+import math
 import pytest
 
-
-def tokeff(*args, check=None):
-    result = subprocess.run(
-        [sys.executable, "-m", "tokeff", *map(str, args)], capture_output=True, text=True, env=os.environ.copy()
-    )
-    if check is not None:
-        assert result.returncode == check, result.stderr
-    return result
+from helpers import run_cli
 
 
 def test_help_and_methods():
-    assert "decode" in tokeff("--help", check=0).stdout
-    listed = tokeff("decode", "--list-methods", "--model", "x", check=0).stdout
+    assert "decode" in run_cli("--help", check=0).stdout
+    listed = run_cli("decode", "--list-methods", "--model", "x", check=0).stdout
     assert "greedy" in listed and "sample" in listed
 
 
 def test_decode_json_and_streaming(tiny_llama_dir):
-    out = tokeff("decode", "-m", tiny_llama_dir, "--prompt", "To be", "--max-new-tokens", 5, "--ignore-eos", "--json", check=0)
+    out = run_cli("decode", "-m", tiny_llama_dir, "--prompt", "To be", "--max-new-tokens", 5, "--ignore-eos", "--json", check=0)
     payload = json.loads(out.stdout)
     assert payload["tokens"] == 5 and len(payload["token_ids"]) == 5
     assert {"text", "seconds", "tokens_per_s", "forward_passes", "peak_kv_bytes"} <= set(payload)
-    streamed = tokeff("decode", "-m", tiny_llama_dir, "--prompt", "To be", "--max-new-tokens", 5, "--ignore-eos", check=0)
+    streamed = run_cli("decode", "-m", tiny_llama_dir, "--prompt", "To be", "--max-new-tokens", 5, "--ignore-eos", check=0)
     assert streamed.stdout.strip() == payload["text"].strip()
     assert "tokens/s" in streamed.stderr and "tokens/s" not in streamed.stdout
 
 
 def test_eval_bpb_json(tiny_gemma_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     text = tmp_path / "t.txt"
     text.write_text("All the world's a stage, and all the men and women merely players.\n" * 4)
-    payload = json.loads(tokeff("eval", "bpb", "-m", tiny_gemma_dir, text, "--context", 64, "--json", check=0).stdout)
+    payload = json.loads(run_cli("eval", "bpb", "-m", tiny_gemma_dir, text, "--context", 512, "--json", check=0).stdout)
     assert payload["bytes"] == len(text.read_bytes())
-    assert payload["bpb"] > 0 and payload["tokens"] > 0 and payload["seconds"] >= 0
+    # brute force: one forward pass over BOS + the text's tokens, NLLs summed in bits, over the bytes
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gemma_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir, dtype=torch.float32).eval()
+    ids = tokenizer(text.read_text(), add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([[tokenizer.bos_token_id, *ids]])).logits[0, :-1]
+    nats = torch.nn.functional.cross_entropy(logits.float(), torch.tensor(ids), reduction="sum").item()
+    assert payload["tokens"] == len(ids)
+    assert payload["bpb"] == pytest.approx(nats / math.log(2) / payload["bytes"], rel=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -53,7 +54,7 @@ def test_eval_bpb_json(tiny_gemma_dir, tmp_path):
     ],
 )
 def test_bad_input_gives_one_line_and_exit_code(args, code, message):
-    result = tokeff(*args)
+    result = run_cli(*args)
     assert result.returncode == code
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -64,16 +65,16 @@ def test_bad_input_gives_one_line_and_exit_code(args, code, message):
 def test_eval_rejects_non_utf8_and_empty(tiny_llama_dir, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"caf\xe9 latin-1")
-    assert "not valid UTF-8" in tokeff("eval", "bpb", "-m", tiny_llama_dir, bad, check=1).stderr
+    assert "not valid UTF-8" in run_cli("eval", "bpb", "-m", tiny_llama_dir, bad, check=1).stderr
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    assert "empty" in tokeff("eval", "bpb", "-m", tiny_llama_dir, empty, check=1).stderr
+    assert "empty" in run_cli("eval", "bpb", "-m", tiny_llama_dir, empty, check=1).stderr
 
 
 def test_corrupt_and_truncated_gguf(tmp_path):
     truncated = tmp_path / "model.gguf"
     truncated.write_bytes(b"GGUF" + bytes(64))
-    result = tokeff("models", "info", truncated, check=1)
+    result = run_cli("models", "info", truncated, check=1)
     assert "corrupt or unsupported GGUF" in result.stderr
     assert not list((tmp_path.parent).glob("**/.*.partial-*"))
 
@@ -87,11 +88,11 @@ def test_inspect_and_verify_artifact(tmp_path):
     with ArtifactWriter(out, kind="test", command=["tokeff", "test"]) as writer:
         writer.save_tensors("t.safetensors", {"x": torch.ones(4)})
         writer.metrics["bpb"] = 1.25
-    assert tokeff("verify", out, check=0).stdout.strip().endswith("ok")
-    manifest = json.loads(tokeff("inspect", out, "--json", check=0).stdout)
+    assert run_cli("verify", out, check=0).stdout.strip().endswith("ok")
+    manifest = json.loads(run_cli("inspect", out, "--json", check=0).stdout)
     assert manifest["kind"] == "test" and manifest["metrics"] == {"bpb": 1.25}
-    assert "bpb" in tokeff("inspect", out, check=0).stdout
+    assert "bpb" in run_cli("inspect", out, check=0).stdout
     (out / "t.safetensors").write_bytes((out / "t.safetensors").read_bytes()[:-1] + b"\x01")
-    assert "modified" in tokeff("verify", out, check=1).stderr
-    report = json.loads(tokeff("verify", out, "--json", check=1).stdout)
+    assert "modified" in run_cli("verify", out, check=1).stderr
+    report = json.loads(run_cli("verify", out, "--json", check=1).stdout)
     assert report["ok"] is False and report["problems"]

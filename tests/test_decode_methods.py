@@ -9,7 +9,7 @@ import torch
 from transformers import DynamicCache
 
 import tiny_models
-from test_cli import tokeff
+from helpers import run_cli
 from tokeff.core.errors import TokeffError
 from tokeff.core.models import load_model
 from tokeff.decoding import get_method
@@ -317,12 +317,12 @@ def test_h2o_scores_through_its_cache(models):
 
 def test_cli_decode_methods_and_flags(tiny_llama_dir, tiny_gemma_dir):
     base = ["decode", "-m", tiny_llama_dir, "--prompt", PROMPT, "--max-new-tokens", 12, "--ignore-eos", "--json"]
-    payload = json.loads(tokeff(*base, "--method", "recycle", "--tree-size", 8, check=0).stdout)
+    payload = json.loads(run_cli(*base, "--method", "recycle", "--tree-size", 8, check=0).stdout)
     assert payload["method"] == "recycle" and payload["tokens"] == 12 and payload["tree_size"] == 8
     assert {"seconds", "tokens_per_s", "forward_passes", "accepted_per_pass", "peak_kv_bytes"} <= set(payload)
-    payload = json.loads(tokeff(*base, "--method", "speculative", "--draft", tiny_gemma_dir, check=0).stdout)
+    payload = json.loads(run_cli(*base, "--method", "speculative", "--draft", tiny_gemma_dir, check=0).stdout)
     assert payload["tokens"] == 12 and payload["draft_path"] == "re-tokenized through text"
-    error = tokeff(*base, "--method", "lookup", "--kv-budget", 8, check=1).stderr
+    error = run_cli(*base, "--method", "lookup", "--kv-budget", 8, check=1).stderr
     assert error == "tokeff: error: --kv-budget does not apply to --method lookup\n"
 
 
@@ -330,11 +330,11 @@ def test_cli_eval_bpb_through_a_bounded_cache(tiny_gemma_dir, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("All the world's a stage, and all the men and women merely players.\n" * 6)
     args = ["eval", "bpb", "-m", tiny_gemma_dir, text, "--context", 200, "--json"]
-    payload = json.loads(tokeff(*args, "--method", "sink", "--window", 24, "--sinks", 2, "--chunk", 4, check=0).stdout)
+    payload = json.loads(run_cli(*args, "--method", "sink", "--window", 24, "--sinks", 2, "--chunk", 4, check=0).stdout)
     assert payload["method"] == "sink" and payload["window"] == 24 and payload["kv_bytes"] < payload["full_cache_kv_bytes"]
     assert payload["bpb_increase"] == pytest.approx(payload["bpb"] - payload["full_cache_bpb"])
-    assert "does not bound the cache" in tokeff(*args, "--method", "lookup", check=1).stderr
-    assert "apply only with --method" in tokeff(*args, "--window", 8, check=1).stderr
+    assert "does not bound the cache" in run_cli(*args, "--method", "lookup", check=1).stderr
+    assert "apply only with --method" in run_cli(*args, "--window", 8, check=1).stderr
 
 
 @pytest.mark.slow

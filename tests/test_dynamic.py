@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from test_cli import tokeff
+from helpers import run_cli
 from tokeff.core.errors import TokeffError
 from tokeff.core.evaluation import bits_per_byte, prefix_token_id
 from tokeff.core.models import load_model
@@ -148,22 +148,22 @@ def test_decode_method_dynamic(lm):
 
 def test_method_flags_are_checked_against_the_method(tiny_llama_dir):
     # A dynamic flag on another method is an error before any model loads, and vice versa.
-    assert "--merges does not apply to --method greedy" in tokeff(
+    assert "--merges does not apply to --method greedy" in run_cli(
         "decode", "-m", tiny_llama_dir, "--prompt", "hi", "--merges", 4, check=1).stderr
-    assert "--ngram does not apply to --method dynamic" in tokeff(
+    assert "--ngram does not apply to --method dynamic" in run_cli(
         "decode", "-m", tiny_llama_dir, "--prompt", "hi", "--method", "dynamic", "--ngram", 2, check=1).stderr
 
 
 def test_cli_dynamic_and_decode_options(tiny_llama_dir, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text(TEXT)
-    payload = json.loads(tokeff("dynamic", "-m", tiny_llama_dir, text, "-k", 4, "-k", 16, "--context", 64, "--json", check=0).stdout)
+    payload = json.loads(run_cli("dynamic", "-m", tiny_llama_dir, text, "-k", 4, "-k", 16, "--context", 64, "--json", check=0).stdout)
     assert [row["merges"] for row in payload["results"]] == [4, 16]
     assert payload["results"][1]["length_reduction"] > 0
-    out = tokeff("decode", "-m", tiny_llama_dir, "--prompt-file", text, "--method", "dynamic", "--merges", 8,
+    out = run_cli("decode", "-m", tiny_llama_dir, "--prompt-file", text, "--method", "dynamic", "--merges", 8,
                  "--max-new-tokens", 3, "--json", check=0)
     assert json.loads(out.stdout)["merges"] == 8
-    assert "--merges=256" in tokeff("decode", "--list-methods", "--model", "x", check=0).stdout
+    assert "--merges=256" in run_cli("decode", "--list-methods", "--model", "x", check=0).stdout
     binary = tmp_path / "b.txt"
     binary.write_bytes(b"\xff\xfe broken")
-    assert "not valid UTF-8" in tokeff("dynamic", "-m", tiny_llama_dir, binary, check=1).stderr
+    assert "not valid UTF-8" in run_cli("dynamic", "-m", tiny_llama_dir, binary, check=1).stderr

@@ -16,7 +16,7 @@ from tokeff.surgery.kvquant.collect import collect
 from tokeff.surgery.kvquant.fit import fit_codebook, key_ranges, outliers_per_token
 
 import tiny_models
-from test_cli import tokeff
+from helpers import run_cli
 
 TEXT = tiny_models.corpus(8000)
 
@@ -31,7 +31,7 @@ def text_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def artifact(tiny_llama_dir, text_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("kv") / "llama-kv3"
-    result = tokeff("kvquant", "calibrate", "-m", tiny_llama_dir, "--text", text_file, "-o", out, "--bits", 3,
+    result = run_cli("kvquant", "calibrate", "-m", tiny_llama_dir, "--text", text_file, "-o", out, "--bits", 3,
                     "--samples", 4, "--context", 64, "--group", "head", "--json", check=0)
     return out, json.loads(result.stdout)
 
@@ -44,7 +44,7 @@ def test_calibrate_writes_a_verified_artifact(artifact, tiny_llama_dir):
     assert manifest["kind"] == "kvquant" and manifest["parameters"]["group"] == "head"
     assert {entry["role"] for entry in manifest["inputs"]} == {"model", "text"}
     assert verify_artifact(out) == []
-    inspected = tokeff("inspect", out, check=0).stdout
+    inspected = run_cli("inspect", out, check=0).stdout
     assert "kvquant" in inspected and "key_error" in inspected
 
 
@@ -59,7 +59,7 @@ def test_tampered_artifact_is_refused(artifact, tiny_llama_dir, tmp_path, text_f
     tensors["key_half"] = tensors["key_half"] * 2
     save_file(tensors, str(copy / "kvquant.safetensors"))
     assert any("modified" in problem for problem in verify_artifact(copy))
-    result = tokeff("eval", "bpb", "-m", tiny_llama_dir, text_file, "--kv-quant", copy, "--max-bytes", 500)
+    result = run_cli("eval", "bpb", "-m", tiny_llama_dir, text_file, "--kv-quant", copy, "--max-bytes", 500)
     assert result.returncode == 1 and "failed verification" in result.stderr
 
 
@@ -68,12 +68,12 @@ def test_eval_and_decode_use_the_quantized_cache(artifact, tiny_llama_dir, text_
 
     lm = load_model(str(tiny_llama_dir), device="cpu")
     plain = bits_per_byte(lm, text_file.read_text()[:800], context=64)
-    ours = json.loads(tokeff("eval", "bpb", "-m", tiny_llama_dir, text_file, "--max-bytes", 800, "--context", 64, "--json",
+    ours = json.loads(run_cli("eval", "bpb", "-m", tiny_llama_dir, text_file, "--max-bytes", 800, "--context", 64, "--json",
                              "--kv-quant", artifact[0], "--kv-residual", 0, "--chunk", 4, check=0).stdout)
     assert ours["kv_quant"] == str(artifact[0]) and ours["chunk"] == 4 and ours["kv_residual"] == 0
     assert ours["tokens"] == plain.tokens and ours["bpb"] != plain.bpb and abs(ours["bpb"] - plain.bpb) < 0.1 * plain.bpb
     args = ("decode", "-m", tiny_llama_dir, "--prompt", "To be, or not", "--max-new-tokens", 40, "--ignore-eos", "--json")
-    small = json.loads(tokeff(*args, "--kv-quant", artifact[0], "--kv-residual", 4, check=0).stdout)
+    small = json.loads(run_cli(*args, "--kv-quant", artifact[0], "--kv-residual", 4, check=0).stdout)
     prompt = Prompt.from_text(lm, "To be, or not")
     full = get_method("greedy")(lm, DecodeConfig(max_new_tokens=40, stop_at_eos=False)).generate(prompt)
     assert small["tokens"] == 40 and 0 < small["peak_kv_bytes"] < full.stats.peak_kv_bytes / 2
@@ -89,21 +89,21 @@ def test_eval_and_decode_use_the_quantized_cache(artifact, tiny_llama_dir, text_
     ],
 )
 def test_bad_calibration_input(tiny_llama_dir, text_file, tmp_path, extra, message):
-    result = tokeff("kvquant", "calibrate", "-m", tiny_llama_dir, "--text", text_file, "-o", tmp_path / "out",
+    result = run_cli("kvquant", "calibrate", "-m", tiny_llama_dir, "--text", text_file, "-o", tmp_path / "out",
                     "--context", 64, *extra)
     assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
 
 
 def test_artifact_for_another_model_is_refused(artifact, tiny_gemma_dir, text_file):
-    result = tokeff("eval", "bpb", "-m", tiny_gemma_dir, text_file, "--kv-quant", artifact[0], "--max-bytes", 500)
+    result = run_cli("eval", "bpb", "-m", tiny_gemma_dir, text_file, "--kv-quant", artifact[0], "--max-bytes", 500)
     assert result.returncode == 1
     assert "was calibrated for model" in result.stderr and str(tiny_gemma_dir) in result.stderr
     assert str(artifact[0]) in result.stderr
 
 
 def test_existing_output_needs_force(artifact, tiny_llama_dir, text_file):
-    result = tokeff("kvquant", "calibrate", "-m", tiny_llama_dir, "--text", text_file, "-o", artifact[0])
+    result = run_cli("kvquant", "calibrate", "-m", tiny_llama_dir, "--text", text_file, "-o", artifact[0])
     assert result.returncode == 1 and "already exists" in result.stderr
 
 

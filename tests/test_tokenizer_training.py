@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer, models
 
 import tiny_models
-from test_cli import tokeff
+from helpers import run_cli
 from tokeff.core.errors import TokeffError
 from tokeff.tokenizers_tools.training import chunk_pre_tokenizer, train_bpe
 
@@ -108,19 +108,19 @@ def test_cli_train_verify_load_and_stats(tmp_path, tiny_llama_dir):
     train = tmp_path / "train.txt"
     train.write_text(TEXT)
     out = tmp_path / "super"
-    result = tokeff("tokenizer", "train", "--text", train, "--vocab", 900, "--supertokens", "-o", out, "--json", check=0)
+    result = run_cli("tokenizer", "train", "--text", train, "--vocab", 900, "--supertokens", "-o", out, "--json", check=0)
     payload = json.loads(result.stdout)
     # --stage1 defaults to 3/4 of the 900 - 257 merges
     assert payload["vocab_size"] == 900 and payload["stage1_vocab_size"] == 257 + 482
-    assert tokeff("verify", out, check=0).stdout.strip().endswith("ok")
+    assert run_cli("verify", out, check=0).stdout.strip().endswith("ok")
     hf = AutoTokenizer.from_pretrained(out)
     assert len(hf) == 900 and hf.decode(hf(PROBE)["input_ids"]) == PROBE
     assert Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab_size() == 900
-    assert "already exists" in tokeff("tokenizer", "train", "--text", train, "--vocab", 900, "-o", out, check=1).stderr
+    assert "already exists" in run_cli("tokenizer", "train", "--text", train, "--vocab", 900, "-o", out, check=1).stderr
 
     probe = tmp_path / "probe.txt"
     probe.write_text(PROBE * 20)
-    stats = json.loads(tokeff("tokenizer", "stats", probe, "-t", out, "-t", tiny_llama_dir, "--json", check=0).stdout)
+    stats = json.loads(run_cli("tokenizer", "stats", probe, "-t", out, "-t", tiny_llama_dir, "--json", check=0).stdout)
     rows = {row["tokenizer"]: row for row in stats["tokenizers"]}
     ours = rows[str(out)]
     assert ours["lossless"] and ours["bytes"] == len(probe.read_bytes()) and ours["words"] == len((PROBE * 20).split())
@@ -128,8 +128,8 @@ def test_cli_train_verify_load_and_stats(tmp_path, tiny_llama_dir):
     assert ours["bytes_per_token"] == pytest.approx(ours["bytes"] / ours["tokens"])
 
     (out / "tokenizer.json").write_text((out / "tokenizer.json").read_text().replace('"Ġthe"', '"Ġthe_"', 1))
-    assert "tokenizer.json" in tokeff("verify", out, check=1).stderr
-    assert "failed verification" in tokeff("tokenizer", "stats", probe, "-t", out, check=1).stderr
+    assert "tokenizer.json" in run_cli("verify", out, check=1).stderr
+    assert "failed verification" in run_cli("tokenizer", "stats", probe, "-t", out, check=1).stderr
 
 
 def test_kind_check_catches_a_wrong_vocabulary_or_a_lossy_tokenizer(tmp_path, supertoken):
@@ -151,10 +151,10 @@ def test_kind_check_catches_a_wrong_vocabulary_or_a_lossy_tokenizer(tmp_path, su
 def test_cli_rejects_bad_text(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"caf\xe9 latin-1 " * 100)
-    result = tokeff("tokenizer", "train", "--text", bad, "--vocab", 500, "-o", tmp_path / "out", check=1)
+    result = run_cli("tokenizer", "train", "--text", bad, "--vocab", 500, "-o", tmp_path / "out", check=1)
     assert "not valid UTF-8" in result.stderr and result.stderr.count("\n") == 1
     small = tmp_path / "small.txt"
     small.write_text("a tiny corpus " * 10)
-    result = tokeff("tokenizer", "train", "--text", small, "--vocab", 5000, "-o", tmp_path / "out", check=1)
+    result = run_cli("tokenizer", "train", "--text", small, "--vocab", 5000, "-o", tmp_path / "out", check=1)
     assert "corpus too small" in result.stderr
     assert not (tmp_path / "out").exists()

@@ -158,23 +158,26 @@ def test_special_tokens_by_role_and_map(tmp_path, tiny_llama_dir, tiny_gemma_dir
 
 
 def test_quality_report_and_cli(tmp_path, tiny_llama_dir, tiny_gemma_dir):
-    from typer.testing import CliRunner
-
-    from tokeff.cli.app import app
+    from helpers import run_cli
+    from transformers import AutoConfig
 
     text = tmp_path / "eval.txt"
     text.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 8)
     out = tmp_path / "out"
-    result = CliRunner().invoke(
-        app, ["transplant", str(tiny_llama_dir), "--donor", str(tiny_gemma_dir), "-o", str(out), "--k", "4", "--eval-text", str(text), "--json"]
-    )
-    assert result.exit_code == 0, result.output
+    result = run_cli("transplant", tiny_llama_dir, "--donor", tiny_gemma_dir, "-o", out, "--k", 4, "--eval-text", text, "--json",
+                     check=0)
     payload = json.loads(result.stdout)
     quality = payload["quality"]
-    assert quality["base_bpb"] > 0 and quality["transplanted_bpb"] > 0
-    assert quality["shared_bytes"] + quality["new_bytes"] == quality["bytes"]
-    verify = CliRunner().invoke(app, ["verify", str(out)])
-    assert verify.exit_code == 0, verify.output
+    assert quality["shared_bytes"] + quality["new_bytes"] == quality["bytes"] == len(text.read_bytes())
+    # the base figure is what `tokeff eval bpb` reports, and the split by token kind adds up to the totals
+    context = min(1024, AutoConfig.from_pretrained(tiny_llama_dir).max_position_embeddings)  # the pipeline's default
+    base = json.loads(run_cli("eval", "bpb", "-m", tiny_llama_dir, text, "--context", context, "--json", check=0).stdout)
+    assert quality["base_bpb"] == pytest.approx(base["bpb"], rel=1e-5)
+    for model in ("base", "transplanted"):
+        split = sum(quality[f"{label}_bytes"] * quality[f"{label}_{model}_bpb"] for label in ("shared", "new")
+                    if quality[f"{label}_bytes"])
+        assert split == pytest.approx(quality["bytes"] * quality[f"{model}_bpb"], rel=1e-4)
+    assert run_cli("verify", out, check=0).stdout.strip().endswith("ok")
 
 
 def test_bad_input(tmp_path, tiny_llama_dir, tiny_gemma_dir):

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+
+from helpers import run_cli
 import torch
 from scipy.stats import kstest
 from transformers.generation.logits_process import SynthIDTextWatermarkLogitsProcessor
@@ -86,23 +88,18 @@ def test_synthid_round_trip_and_valid_null(lm):
     assert kstest(p_values, "uniform").pvalue > 1e-3 and (p_values <= 0.05).mean() <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 200)
 
 
-def test_text_watermarked_by_transformers_is_detected_with_a_key_from_its_config(lm, tmp_path, capsys, monkeypatch):
+def test_text_watermarked_by_transformers_is_detected_with_a_key_from_its_config(lm, tmp_path):
     import json
-    import sys
 
     from transformers import GenerationConfig, SynthIDTextWatermarkingConfig
 
-    from tokeff.cli.app import main
     from tokeff.decoding.watermark.keys import load_key
 
     config = SynthIDTextWatermarkingConfig(keys=[654, 400, 836, 123, 340, 443, 597, 160, 57, 29], ngram_len=4)
     path = tmp_path / "synthid.json"
     path.write_text(json.dumps(config.to_dict()))
-    monkeypatch.setattr(sys, "argv", ["tokeff", "watermark", "keygen", "-m", lm.spec, "-o", str(tmp_path / "k"),
-                                      "--scheme", "synthid", "--from-transformers", str(path)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code in (0, None), capsys.readouterr().err
+    run_cli("watermark", "keygen", "-m", lm.spec, "-o", tmp_path / "k", "--scheme", "synthid",
+            "--from-transformers", path, check=0)
     key = load_key(tmp_path / "k")
     assert key.words.view(np.int64).tolist() == config.keys and key["ngram_len"] == 4 and key["depth"] == 10
     torch.manual_seed(0)

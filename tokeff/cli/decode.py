@@ -9,14 +9,15 @@ from typing import Annotated
 import typer
 
 from tokeff.cli.options import (
-    Device, Dtype, Json, KvBudget, KvQuant, KvResidual, KvSinks, Sinks, TrustRemoteCode, Window,
+    Json, KvBudget, KvQuant, KvResidual, KvSinks, Model, ModelArgs, Sinks, Window, with_model_args,
 )
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
 
 
+@with_model_args
 def decode(
-    model: Annotated[str, typer.Option("--model", "-m", help="Built-in name, .gguf file, folder or hub id.")],
+    model: Model,
     prompt: Annotated[str | None, typer.Option(help="Prompt text.")] = None,
     prompt_file: Annotated[Path | None, typer.Option(help="Read the prompt from a UTF-8 file.")] = None,
     method: Annotated[str, typer.Option(help="Decode method (see `tokeff decode --list-methods`).")] = "greedy",
@@ -51,13 +52,10 @@ def decode(
         str | None, typer.Option(help="dynamic: a merged token's input embedding from its pieces: mean or last.")
     ] = None,
     min_count: Annotated[int | None, typer.Option(help="dynamic: merge only pairs seen this often (default 2).")] = None,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
-    trust_remote_code: TrustRemoteCode = False,
+    loader: ModelArgs = ModelArgs(),
     json: Json = False,
 ) -> None:
     """Stream a continuation to stdout; statistics go to stderr (or into the --json object)."""
-    from tokeff.core.models import load_model
     from tokeff.core.textio import read_text
     from tokeff.decoding import get_method, method_names
     from tokeff.decoding.types import DecodeConfig, Prompt
@@ -101,7 +99,7 @@ def decode(
 
         key = load_key(watermark)
         key.rule.check_sampling(config)
-    lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    lm = loader.load(model)
     if key is not None:
         check_vocabulary(key, lm.tokenizer, model)
         config.chooser_factory = chooser_factory(key)
@@ -111,7 +109,7 @@ def decode(
         make_cache = kv_cache_factory(kv_quant, lm, residual=kv_residual, sinks=kv_sinks)
         config.cache_factory = lambda _lm: make_cache()
     if draft is not None:
-        options["draft"] = load_model(draft, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        options["draft"] = loader.load(draft)
     decoder = method_cls(lm, config, **options)
     stream = None if json else _write_stdout
     result = decoder.generate(Prompt.from_text(lm, text, chat=chat), on_text=stream)

@@ -8,13 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tokeff.cli.options import Device, Dtype, Json, TrustRemoteCode
+from tokeff.cli.options import Json, Model, ModelArgs, with_model_args
 from tokeff.core import console
 
 
+@with_model_args
 def dynamic(
     file: Annotated[Path, typer.Argument(help="UTF-8 text: cut into segments of --context tokens, the batch.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Built-in name, .gguf file, folder or hub id.")],
+    model: Model,
     merges: Annotated[
         list[int] | None, typer.Option("--merges", "-k", help="Merges learned on the batch (repeat to sweep).")
     ] = None,
@@ -29,9 +30,7 @@ def dynamic(
         float | None,
         typer.Option(help="Merge only the first fraction of each segment and score the rest in the model's tokens."),
     ] = None,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
-    trust_remote_code: TrustRemoteCode = False,
+    loader: ModelArgs = ModelArgs(),
     json: Json = False,
 ) -> None:
     """Dynamic tokenization: merge a batch's frequent token pairs, run the model on the shorter sequences, compare.
@@ -39,11 +38,10 @@ def dynamic(
     New tokens get input embeddings from their pieces (no training) and probabilities from an
     extended output layer, so bits per byte stays comparable with the model's own tokenization.
     """
-    from tokeff.core.models import load_model
     from tokeff.core.textio import read_text
 
     text = read_text(file, max_bytes)
-    lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    lm = loader.load(model)
     from tokeff.tokenizers_tools.dynamic.scoring import evaluate_dynamic
 
     reports = evaluate_dynamic(

@@ -10,12 +10,13 @@ from typing import Annotated
 
 import typer
 
-from tokeff.cli.options import Device, Dtype, EnsembleMode, EnsembleWeights, Json, Models, TrustRemoteCode
+from tokeff.cli.options import EnsembleMode, EnsembleWeights, Json, ModelArgs, Models, with_model_args
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
 from tokeff.core.weights import ensemble_weights
 
 
+@with_model_args
 def ensemble(
     model: Models,
     prompt: Annotated[str | None, typer.Option(help="Prompt text (it may end inside a word).")] = None,
@@ -29,9 +30,7 @@ def ensemble(
     top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass over bytes.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed for sampling.")] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past the end of the text.")] = False,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
-    trust_remote_code: TrustRemoteCode = False,
+    loader: ModelArgs = ModelArgs(),
     json: Json = False,
 ) -> None:
     """Stream a continuation chosen byte by byte from the models' combined next-byte distributions."""
@@ -40,7 +39,6 @@ def ensemble(
     if max_new_bytes < 1:
         raise TokeffError(f"--max-new-bytes must be >= 1, got {max_new_bytes}")
     ensemble_weights(weight, len(model), mode)  # bad flags fail before torch is imported
-    from tokeff.core.models import load_model
     from tokeff.core.textio import read_text
     from tokeff.decoding.bytelevel import ByteEnsemble, ByteLevelModel, generate_bytes
     from tokeff.decoding.sampling import make_chooser
@@ -52,7 +50,7 @@ def ensemble(
     if not text:
         raise TokeffError("the prompt is empty")
     stops = [codecs.decode(marker, "unicode_escape").encode("utf-8") for marker in stop or []]
-    lms = [load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code) for spec in model]
+    lms = [loader.load(spec) for spec in model]
     started = time.perf_counter()
     combined = ByteEnsemble([ByteLevelModel(lm, text=text) for lm in lms], weight, mode)
     data = generate_bytes(combined, chooser, max_new_bytes, not ignore_eos, stops, on_text=None if json else _write)

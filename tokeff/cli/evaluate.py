@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from tokeff.cli.options import (
-    Device, Dtype, EnsembleMode, EnsembleWeights, Json, KvBudget, KvQuant, KvResidual, KvSinks, Models, Sinks,
-    TrustRemoteCode, Window,
+    EnsembleMode, EnsembleWeights, Json, KvBudget, KvQuant, KvResidual, KvSinks, ModelArgs, Models, Sinks, Window,
+    with_model_args,
 )
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
@@ -20,6 +20,7 @@ app = typer.Typer(help="Measure models.", no_args_is_help=True)
 
 
 @app.command()
+@with_model_args
 def bpb(
     file: Annotated[Path, typer.Argument(help="UTF-8 text to score.")],
     model: Models,
@@ -44,23 +45,20 @@ def bpb(
     weight: EnsembleWeights = None,
     mode: EnsembleMode = "mix",
     segment_bytes: Annotated[int, typer.Option(help="Ensembles: bytes per segment scored from a fresh context.")] = 2048,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
-    trust_remote_code: TrustRemoteCode = False,
+    loader: ModelArgs = ModelArgs(),
     json: Json = False,
 ) -> None:
     """Bits per byte: token negative log-likelihoods summed, over the text's UTF-8 bytes (sliding window).
 
     With several --model flags: the byte-level ensemble's bits per byte (and each member's, byte level).
     """
-    from tokeff.core.models import load_model
     from tokeff.core.textio import read_text
 
     text = read_text(file, max_bytes)
     if len(model) > 1:
         if method is not None or kv_quant is not None:
             raise TokeffError("--method and --kv-quant score one model; give a single --model with them")
-        _ensemble_bpb(file, text, model, weight, mode, segment_bytes, device, dtype, trust_remote_code, json)
+        _ensemble_bpb(file, text, model, weight, mode, segment_bytes, loader, json)
         return
     model = model[0]
     if chunk is not None and chunk < 1:
@@ -69,14 +67,14 @@ def bpb(
         if kv_quant is not None:
             raise TokeffError("--method and --kv-quant do not combine in eval bpb")
         _bounded_bpb(file, model, text, method, context, chunk or 1,
-                     dict(sinks=sinks, window=window, kv_budget=kv_budget), device, dtype, trust_remote_code, json)
+                     dict(sinks=sinks, window=window, kv_budget=kv_budget), loader, json)
         return
     if sinks is not None or window is not None or kv_budget is not None:
         raise TokeffError("--sinks, --window and --kv-budget apply only with --method")
     if chunk is not None and kv_quant is None:
         raise TokeffError("--chunk applies only with --method or --kv-quant")
     chunk = chunk or 16
-    lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    lm = loader.load(model)
     from tokeff.core.evaluation import bits_per_byte  # imports torch: only once the inputs are known good
     make_cache = None
     if kv_quant is not None:
@@ -100,9 +98,8 @@ def bpb(
 
 def _bounded_bpb(
     file: Path, model: str, text: str, method: str, context: int, chunk: int, options: dict,
-    device: str, dtype: str, trust_remote_code: bool, json: bool,
+    loader: ModelArgs, json: bool,
 ) -> None:
-    from tokeff.core.models import load_model
     from tokeff.decoding import get_method
     from tokeff.decoding.bounded import BoundedCacheMethod, bounded_cache_bpb
     from tokeff.decoding.types import DecodeConfig
@@ -112,7 +109,7 @@ def _bounded_bpb(
         raise TokeffError(f"--method {method} does not bound the cache; eval bpb --method takes sink or h2o")
     options = {name: value for name, value in options.items() if value is not None}
     method_cls.check_options(options)
-    lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    lm = loader.load(model)
     payload = {"model": model, "file": str(file), **bounded_cache_bpb(method_cls(lm, DecodeConfig(), **options), text, context, chunk).to_json()}
     if json:
         console.emit_json(payload)
@@ -129,11 +126,9 @@ def _size(n_bytes: int) -> str:
     return f"{n_bytes / 2**20:.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.1f} KiB"
 
 
-def _ensemble_bpb(file, text, models, weights, mode, segment_bytes, device, dtype, trust_remote_code, json) -> None:
-    from tokeff.core.models import load_model
-
+def _ensemble_bpb(file, text, models, weights, mode, segment_bytes, loader: ModelArgs, json) -> None:
     normalized = ensemble_weights(weights, len(models), mode)  # bad weights fail before any model loads
-    lms = [load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code) for spec in models]
+    lms = [loader.load(spec) for spec in models]
     from tokeff.decoding.bytelevel import byte_bits_per_byte
 
     result = byte_bits_per_byte(lms, text, weights, mode, segment_bytes)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tokeff.cli.options import Device, Dtype, Force, Json, Output, TrustRemoteCode
+from tokeff.cli.options import Force, Json, Model, ModelArgs, Output, with_model_args
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
 
@@ -16,8 +16,9 @@ app = typer.Typer(help="Calibrated KV-cache quantization (KVQuant).", no_args_is
 
 
 @app.command()
+@with_model_args
 def calibrate(
-    model: Annotated[str, typer.Option("--model", "-m", help="Built-in name, .gguf file, folder or hub id.")],
+    model: Model,
     text: Annotated[Path, typer.Option("--text", help="UTF-8 calibration text.")],
     output: Output,
     bits: Annotated[int, typer.Option(help="Bits per key and value entry: 2, 3 or 4.")] = 4,
@@ -29,9 +30,7 @@ def calibrate(
         bool, typer.Option("--sensitivity/--no-sensitivity", help="Weight k-means by squared loss gradients (Fisher).")
     ] = True,
     seed: Annotated[int, typer.Option(help="Seed of the k-means subsample.")] = 0,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
-    trust_remote_code: TrustRemoteCode = False,
+    loader: ModelArgs = ModelArgs(),
     force: Force = False,
     json: Json = False,
 ) -> None:
@@ -45,21 +44,13 @@ def calibrate(
     if group not in ("layer", "head"):
         raise TokeffError(f"--group must be 'layer' or 'head', got '{group}'")
     check_output_path(output, force)
-    corpus = read_text(text)
-    from tokeff.core.models import load_model
-    from tokeff.surgery.kvquant.artifact import write_calibration
-    from tokeff.surgery.kvquant.calibrate import calibrate as run_calibration
+    read_text(text)  # a bad text fails before the model loads
+    from tokeff.surgery.kvquant.calibrate import calibrate_artifact
 
-    lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    result = run_calibration(
-        lm, corpus, bits=bits, outliers=outliers, per_head=group == "head", samples=samples, context=context,
-        sensitivity=sensitivity, seed=seed,
+    result = calibrate_artifact(
+        loader.load(model), text, output, bits=bits, outliers=outliers, per_head=group == "head", samples=samples,
+        context=context, sensitivity=sensitivity, seed=seed, force=force,
     )
-    parameters = {
-        "outliers": outliers, "group": group, "samples": samples, "context": context,
-        "sensitivity": sensitivity, "seed": seed, "keys": "per-channel, before RoPE", "values": "per-token",
-    }
-    write_calibration(output, lm, result.calibration, text, parameters, result.metrics, force=force)
     payload = {"output": str(output), "model": model, "bits": bits, **result.metrics}
     if json:
         console.emit_json(payload)

@@ -1,9 +1,18 @@
 """Options shared by many commands, so every command spells them the same way."""
 
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_type_hints
 
 import typer
+
+if TYPE_CHECKING:
+    from tokeff.core.models import LoadedModel
 
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
@@ -12,6 +21,7 @@ Force = Annotated[bool, typer.Option("--force", help="Replace the output if it e
 TrustRemoteCode = Annotated[
     bool, typer.Option("--trust-remote-code", help="Allow model code from the model folder (off by default).")
 ]
+Model = Annotated[str, typer.Option("--model", "-m", help="Built-in name, .gguf file, folder or hub id.")]
 Output = Annotated[Path, typer.Option("-o", "--output", help="Output artifact folder.")]
 # Several models combined byte by byte (`tokeff ensemble`, `tokeff eval bpb` with more than one --model).
 Models = Annotated[list[str], typer.Option("--model", "-m", help="Built-in name, .gguf file, folder or hub id (repeatable).")]
@@ -30,3 +40,50 @@ Window = Annotated[
     int | None, typer.Option(help="sink: recent tokens kept (default 1020); h2o: recent part of the budget.")
 ]
 KvBudget = Annotated[int | None, typer.Option(help="h2o: positions kept per layer and head (default 512).")]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelArgs:
+    """How to load models: --device, --dtype and --trust-remote-code, declared once for every command.
+
+    A command takes a parameter typed `ModelArgs` and is wrapped in `with_model_args`, which turns
+    that parameter into these three flags and hands the command one resolved `ModelArgs`.
+    """
+
+    device: Device = "auto"
+    dtype: Dtype = "auto"
+    trust_remote_code: TrustRemoteCode = False
+
+    def load(self, spec: str) -> LoadedModel:
+        from tokeff.core.models import load_model
+
+        return load_model(spec, device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_model_args(command: F) -> F:
+    """Expose `command`'s `ModelArgs` parameter to Typer as the shared flags (see `ModelArgs`)."""
+    hints = get_type_hints(command, include_extras=True)
+    name = next(key for key, hint in hints.items() if hint is ModelArgs)
+    field_hints = get_type_hints(ModelArgs, include_extras=True)
+    fields = [field.name for field in dataclasses.fields(ModelArgs)]
+    keyword = inspect.Parameter.KEYWORD_ONLY  # Typer passes every parameter by name
+    parameters = [
+        parameter.replace(kind=keyword, annotation=hints[parameter.name])
+        for parameter in inspect.signature(command).parameters.values()
+        if parameter.name != name
+    ] + [
+        inspect.Parameter(field, keyword, default=getattr(ModelArgs, field), annotation=field_hints[field])
+        for field in fields
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        kwargs[name] = ModelArgs(**{field: kwargs.pop(field) for field in fields})
+        return command(**kwargs)
+
+    wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    return wrapper  # type: ignore[return-value]

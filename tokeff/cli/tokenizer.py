@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -36,41 +35,15 @@ def train(
     json: Json = False,
 ) -> None:
     """Train a byte-level BPE tokenizer.json with stock `tokenizers`; --supertokens adds multi-word tokens."""
-    from tokeff.core.textio import read_text
-
-    texts = [read_text(path, max_bytes) for path in text]
-    from tokeff.tokenizers_tools.artifact import write_tokenizer
-    from tokeff.tokenizers_tools.training import CHUNK_SEPARATORS, DEFAULT_SPECIAL_TOKENS, train_bpe
-
-    specials = special_token or list(DEFAULT_SPECIAL_TOKENS)
     from tokeff.core.artifacts import check_output_path
+    from tokeff.tokenizers_tools.artifact import train_tokenizer_artifact
 
     check_output_path(output, force)  # before minutes of training, not after
-    started = time.perf_counter()
-    trained = train_bpe(
-        texts, vocab, supertokens=supertokens, stage1_merges=stage1, special_tokens=specials, min_frequency=min_frequency
+    manifest = train_tokenizer_artifact(
+        text, vocab, output, supertokens=supertokens, stage1_merges=stage1, special_tokens=special_token,
+        min_frequency=min_frequency, max_bytes=max_bytes, force=force,
     )
-    seconds = time.perf_counter() - started
-    n_bytes = sum(len(piece.encode("utf-8")) for piece in texts)
-    n_tokens = sum(len(encoding.ids) for encoding in trained.tokenizer.encode_batch(texts, add_special_tokens=False))
-    metrics = {
-        "train_bytes": n_bytes,
-        "train_bytes_per_token": n_bytes / n_tokens,
-        "merges": trained.merges,
-        "seconds": seconds,
-    }
-    parameters = {
-        "vocab_size": trained.vocab_size,
-        "supertokens": supertokens,
-        "stage1_merges": stage1,
-        "stage1_vocab_size": trained.stage1_vocab,
-        "special_tokens": specials,
-        "min_frequency": min_frequency,
-        "max_bytes": max_bytes,
-        "chunk_separators": CHUNK_SEPARATORS,
-    }
-    write_tokenizer(trained, output, force=force, texts=list(text), parameters=parameters, metrics=metrics)
-    payload = {"output": str(output), **parameters, **metrics}
+    payload = {"output": str(output), **manifest.parameters, **manifest.metrics}
     if json:
         console.emit_json(payload)
         return

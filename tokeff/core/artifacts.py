@@ -24,14 +24,15 @@ from safetensors import SafetensorError, safe_open
 import tokeff
 from tokeff.core import interrupt
 from tokeff.core.errors import TokeffError
-from tokeff.core.hashing import sha256_file
+from tokeff.core.hashing import sha256_bytes, sha256_file
 
 if TYPE_CHECKING:
     import torch
 
 MANIFEST_NAME = "tokeff.json"
 FORMAT = "tokeff-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest records `digest`, the sha256 of its own canonical JSON
+_READABLE_VERSIONS = (1, 2)  # version 1 (no digest) is still read: caches converted before version 2
 
 # Extra checks for artifact kinds beyond hashes and model shapes: kind -> "module:function",
 # imported only when such an artifact is verified. The function takes (path, manifest) and
@@ -53,15 +54,23 @@ class Manifest:
     parameters: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    digest: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
+        return {"format": FORMAT, **asdict(self)}
+
+    def content_digest(self) -> str:
+        """sha256 of every field but the digest itself, so an edited parameter, input, metric or file
+        hash in tokeff.json is caught even when it changes no tensor."""
+        content = {key: value for key, value in self.to_json().items() if key != "digest"}
+        return sha256_bytes(json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         if data.get("format") != FORMAT:
             raise ValueError("not a tokeff manifest")
-        if data.get("format_version") != FORMAT_VERSION:
+        if data.get("format_version") not in _READABLE_VERSIONS:
             raise ValueError(f"manifest format version {data.get('format_version')} is not supported")
         known = {name for name in cls.__dataclass_fields__}
         return cls(**{key: value for key, value in data.items() if key in known})
@@ -106,7 +115,9 @@ class ArtifactWriter:
             raise RuntimeError("ArtifactWriter used outside its `with` block")
         return self._tmp
 
-    def add_input(self, role: str, spec: str, sha256: str | None) -> None:
+    def add_input(self, role: str, spec: str, source: Path | str | None) -> None:
+        """Record an input by the one fingerprint of its file or folder (None: nothing to hash)."""
+        sha256 = input_fingerprint(source) if source is not None else None
         self.manifest.inputs.append({"role": role, "spec": spec, "sha256": sha256})
 
     def save_tensors(self, filename: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
@@ -131,6 +142,7 @@ class ArtifactWriter:
         try:
             self.manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             self.manifest.files = _hash_files(tmp)
+            self.manifest.digest = self.manifest.content_digest()
             (tmp / MANIFEST_NAME).write_text(json.dumps(self.manifest.to_json(), indent=2) + "\n")
             interrupt.publish(tmp, lambda: _replace_dir(tmp, self.out))
         except BaseException:
@@ -149,6 +161,16 @@ def check_output_path(out: Path, force: bool) -> None:
         raise TokeffError(f"{out} already exists (use --force to replace it)")
     if out.exists() and not out.is_dir():
         raise TokeffError(f"{out} exists and is not a directory")
+
+
+def input_fingerprint(path: Path | str) -> str:
+    """The one sha256 every manifest records an input by: a file's own hash; a folder's, over its
+    files' names and hashes (a tokeff artifact's manifest already lists them, verified on load)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    listed = read_manifest(path).files if is_artifact(path) else _hash_files(path)
+    return sha256_bytes("\n".join(f"{name} {entry['sha256']}" for name, entry in sorted(listed.items())).encode())
 
 
 def _command_line() -> list[str]:
@@ -194,7 +216,7 @@ def verify_artifact(path: Path | str) -> list[str]:
     """Every problem found: missing, extra or altered files, unreadable tensors, shape mismatches."""
     path = Path(path)
     manifest = read_manifest(path)
-    problems = _check_hashes(path, manifest)
+    problems = _check_digest(manifest) + _check_hashes(path, manifest)
     if problems:  # later checks would only repeat the damage in other words
         return problems
     problems += _check_safetensors(path, manifest)
@@ -217,6 +239,14 @@ def load_artifact(path: Path | str, kind: str | None = None) -> Manifest:
     if problems:
         raise TokeffError(f"{path}: failed verification: {problems[0]}")
     return manifest
+
+
+def _check_digest(manifest: Manifest) -> list[str]:
+    if manifest.format_version < 2:
+        return []
+    if manifest.digest != manifest.content_digest():
+        return [f"{MANIFEST_NAME} was edited (its digest does not match its parameters, inputs, metrics and file hashes)"]
+    return []
 
 
 def _check_hashes(path: Path, manifest: Manifest) -> list[str]:

@@ -113,17 +113,3 @@ def describe_model(spec: str) -> dict[str, Any]:
         "dtype": config.get("dtype") or config.get("torch_dtype"),
     }
 
-
-def model_fingerprint(folder: Path) -> str:
-    """sha256 naming a model's weights and config, for artifacts that only fit the model they were made from.
-
-    A tokeff model folder's manifest already holds verified file hashes (the resolver checks them
-    on load); other folders have their weights hashed here.
-    """
-    from tokeff.core.artifacts import is_artifact, read_manifest
-    from tokeff.core.hashing import sha256_bytes, sha256_file
-
-    names = sorted(file.name for file in folder.glob("*.safetensors")) + ["config.json"]
-    listed = read_manifest(folder).files if is_artifact(folder) else {}
-    digests = [listed[name]["sha256"] if name in listed else sha256_file(folder / name) for name in names]
-    return sha256_bytes("\n".join(f"{name} {digest}" for name, digest in zip(names, digests)).encode())

@@ -120,7 +120,7 @@ def _convert_gguf(gguf: Path, sha: str, label: str, folder: Path) -> None:
             raise TokeffError(f"{gguf}: not a GGUF file (bad magic bytes)")
     console.info(f"converting {label} from GGUF once; later loads use the cache at {folder}")
     with ArtifactWriter(folder, kind="model", force=True, parameters={"converted_from": "gguf"}) as writer:
-        writer.add_input("gguf", label, sha)
+        writer.add_input("gguf", label, gguf)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -8,12 +8,12 @@ text losslessly.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 from tokeff.core.artifacts import ArtifactWriter, Manifest
-from tokeff.core.hashing import sha256_file
-from tokeff.tokenizers_tools.training import TrainedTokenizer
+from tokeff.tokenizers_tools.training import CHUNK_SEPARATORS, DEFAULT_SPECIAL_TOKENS, TrainedTokenizer, train_bpe
 
 KIND = "tokenizer"
 # Letters, digits, punctuation, runs of spaces and newlines, non-ASCII: what a round trip must survive.
@@ -40,11 +40,39 @@ def write_tokenizer(
     )
     with ArtifactWriter(out, kind=KIND, force=force, parameters=parameters) as writer:
         for text in texts:
-            writer.add_input("text", str(text), sha256_file(text))
+            writer.add_input("text", str(text), text)
         writer.metrics.update(metrics)
         hf.save_pretrained(writer.path)
     return writer.manifest
 
+
+
+def train_tokenizer_artifact(
+    texts: list[Path], vocab: int, out: Path, *, supertokens: bool = False, stage1_merges: int | None = None,
+    special_tokens: list[str] | None = None, min_frequency: int = 2, max_bytes: int | None = None, force: bool = False,
+) -> Manifest:
+    """Train a byte-level BPE tokenizer on the files and write it as an artifact with its settings and
+    measured compression (bytes per token on the training text) in the manifest."""
+    from tokeff.core.textio import read_text
+
+    corpus = [read_text(path, max_bytes) for path in texts]
+    specials = special_tokens or list(DEFAULT_SPECIAL_TOKENS)
+    started = time.perf_counter()
+    trained = train_bpe(
+        corpus, vocab, supertokens=supertokens, stage1_merges=stage1_merges, special_tokens=specials,
+        min_frequency=min_frequency,
+    )
+    seconds = time.perf_counter() - started
+    n_bytes = sum(len(piece.encode("utf-8")) for piece in corpus)
+    n_tokens = sum(len(encoding.ids) for encoding in trained.tokenizer.encode_batch(corpus, add_special_tokens=False))
+    metrics = {"train_bytes": n_bytes, "train_bytes_per_token": n_bytes / n_tokens, "merges": trained.merges,
+               "seconds": seconds}
+    parameters = {
+        "vocab_size": trained.vocab_size, "supertokens": supertokens, "stage1_merges": stage1_merges,
+        "stage1_vocab_size": trained.stage1_vocab, "special_tokens": specials, "min_frequency": min_frequency,
+        "max_bytes": max_bytes, "chunk_separators": CHUNK_SEPARATORS,
+    }
+    return write_tokenizer(trained, out, force=force, texts=list(texts), parameters=parameters, metrics=metrics)
 
 def check_tokenizer_artifact(path: Path, manifest: Manifest) -> list[str]:
     """Problems with a tokenizer artifact beyond file hashes (see the module docstring)."""

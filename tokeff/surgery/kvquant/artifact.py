@@ -56,12 +56,11 @@ def load_calibration(path: Path | str, lm: LoadedModel) -> KVCalibration:
     """A verified calibration for exactly this model; a one-line error otherwise."""
     from safetensors.torch import load_file
 
-    from tokeff.core.artifacts import load_artifact
-    from tokeff.core.models import model_fingerprint
+    from tokeff.core.artifacts import input_fingerprint, load_artifact
 
     manifest = load_artifact(path, kind=KIND)
     made_for = manifest.input("model") or {}
-    fingerprint = model_fingerprint(lm.folder)
+    fingerprint = input_fingerprint(lm.folder)
     if made_for.get("sha256") != fingerprint:
         raise TokeffError(
             f"{path} was calibrated for model {made_for.get('spec')} (fingerprint {str(made_for.get('sha256'))[:12]}), "
@@ -119,11 +118,9 @@ def write_calibration(
 ) -> None:
     """Write the artifact: tensors, the model's fingerprint and the text's hash as inputs, parameters and metrics."""
     from tokeff.core.artifacts import ArtifactWriter
-    from tokeff.core.hashing import sha256_file
-    from tokeff.core.models import model_fingerprint
 
     with ArtifactWriter(out, kind=KIND, force=force, parameters=parameters) as writer:
-        writer.add_input("model", lm.spec, model_fingerprint(lm.folder))
-        writer.add_input("text", str(text), sha256_file(text))
+        writer.add_input("model", lm.spec, lm.folder)
+        writer.add_input("text", str(text), text)
         calibration.save(writer)
         writer.metrics.update(metrics)

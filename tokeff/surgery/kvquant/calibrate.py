@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -15,7 +16,7 @@ from tokeff.decoding.kvcache.quantizer import TensorQuantizer, uniform_codebook
 from tokeff.decoding.kvcache.rope import RotaryTables
 from tokeff.decoding.kvcache.spec import uniform_quantizers
 from tokeff.surgery.kvquant import check_bits, check_outliers
-from tokeff.surgery.kvquant.artifact import KVCalibration
+from tokeff.surgery.kvquant.artifact import KVCalibration, write_calibration
 from tokeff.surgery.kvquant.collect import Activations, collect
 from tokeff.surgery.kvquant.fit import fit_codebook, key_ranges, outliers_per_token
 
@@ -67,6 +68,22 @@ def calibrate(
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     return CalibrationResult(calibration=calibration, metrics=metrics)
 
+
+
+def calibrate_artifact(
+    lm: LoadedModel, text: Path, out: Path, bits: int, outliers: float = 0.01, per_head: bool = False,
+    samples: int = 16, context: int = 512, sensitivity: bool = True, seed: int = 0, force: bool = False,
+) -> CalibrationResult:
+    """`calibrate` on a UTF-8 file, written as a `kvquant` artifact with every setting in its manifest."""
+    from tokeff.core.textio import read_text
+
+    result = calibrate(lm, read_text(text), bits, outliers, per_head, samples, context, sensitivity, seed)
+    parameters = {
+        "outliers": outliers, "group": "head" if per_head else "layer", "samples": samples, "context": context,
+        "sensitivity": sensitivity, "seed": seed, "keys": "per-channel, before RoPE", "values": "per-token",
+    }
+    write_calibration(out, lm, result.calibration, text, parameters, result.metrics, force=force)
+    return result
 
 def fit_calibration(acts: Activations, bits: int, outliers: float, per_head: bool, seed: int = 0) -> KVCalibration:
     """Key ranges and codebooks for every layer from collected activations (sensitivity-weighted if they carry weights)."""

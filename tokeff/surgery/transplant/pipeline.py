@@ -21,11 +21,10 @@ import torch
 from tokenizers import processors
 
 from tokeff.core import console
-from tokeff.core.artifacts import MANIFEST_NAME, ArtifactWriter, check_output_path
+from tokeff.core.artifacts import ArtifactWriter, check_output_path
 from tokeff.core.device import resolve_device
 from tokeff.core.errors import TokeffError
 from tokeff.core.evaluation import adds_bos
-from tokeff.core.hashing import sha256_file
 from tokeff.core.models import load_model, load_tokenizer
 from tokeff.core.resolve import model_folder
 from tokeff.surgery.transplant.checkpoint import Checkpoint, EmbeddingLayout, embedding_layout
@@ -95,8 +94,8 @@ def transplant(base: str, donor: str, out: Path, options: TransplantOptions, for
         }
     }
     with ArtifactWriter(out, kind="model", force=force, parameters=parameters) as writer:
-        writer.add_input("base", base, _folder_hash(base_folder))
-        writer.add_input("donor", donor, _folder_hash(donor_folder))
+        writer.add_input("base", base, base_folder)
+        writer.add_input("donor", donor, donor_folder)
         checkpoint.write(writer, replacements)
         del replacements
         _write_config(base_folder, writer.path, donor_tokenizer, rows)
@@ -266,14 +265,6 @@ def _evaluate(base: str, folder: Path, options: TransplantOptions, match: VocabM
     report["file"] = str(options.eval_text)
     console.info(summarize(report))
     return report
-
-
-def _folder_hash(folder: Path) -> str | None:
-    """A tokeff artifact's manifest pins every file's hash; other folders are pinned by their tokenizer."""
-    for name in (MANIFEST_NAME, "tokenizer.json"):
-        if (folder / name).is_file():
-            return sha256_file(folder / name)
-    return None
 
 
 def _peak_rss_mib() -> float:

@@ -67,9 +67,14 @@ def parquet_corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for every Ray test (starting it costs seconds); engine ray reuses it."""
+    import logging
+
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    # Ray's log handlers keep the first test's captured stderr, closed by the next test: drop their write errors.
+    raise_exceptions, logging.raiseExceptions = logging.raiseExceptions, False
     yield
+    logging.raiseExceptions = raise_exceptions
     ray.shutdown()
 
 

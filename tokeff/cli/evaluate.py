@@ -8,9 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from tokeff.cli import corpus
 from tokeff.cli.options import (
-    EnsembleMode, EnsembleWeights, Json, KvBudget, KvQuant, KvResidual, KvSinks, ModelArgs, Models, Sinks, Window,
-    with_model_args,
+    EnsembleMode, EnsembleWeights, Force, Json, KvBudget, KvQuant, KvResidual, KvSinks, ModelArgs, Models, Sinks,
+    Window, with_model_args,
 )
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
@@ -22,7 +23,7 @@ app = typer.Typer(help="Measure models.", no_args_is_help=True)
 @app.command()
 @with_model_args
 def bpb(
-    file: Annotated[Path, typer.Argument(help="UTF-8 text to score.")],
+    files: Annotated[list[Path], typer.Argument(help="UTF-8 text to score (with -o: a corpus of files, folders, globs, JSONL, Parquet).")],
     model: Models,
     max_bytes: Annotated[int | None, typer.Option(help="Score only the first N bytes.")] = None,
     context: Annotated[int, typer.Option(help="Tokens per window.")] = 1024,
@@ -47,13 +48,37 @@ def bpb(
     segment_bytes: Annotated[int, typer.Option(help="Ensembles: bytes per segment scored from a fresh context.")] = 2048,
     loader: ModelArgs = ModelArgs(),
     json: Json = False,
+    output: corpus.CorpusOutput = None,
+    engine: corpus.Engine = "local",
+    address: corpus.Address = None,
+    workers: corpus.Workers = 1,
+    gpus_per_worker: corpus.GpusPerWorker = 0.0,
+    batch_size: corpus.BatchSize = 64,
+    field: corpus.Field = "text",
+    id_field: corpus.IdField = None,
+    resume: corpus.Resume = False,
+    force: Force = False,
+    fail_on_error: corpus.FailOnError = False,
 ) -> None:
     """Bits per byte: token negative log-likelihoods summed, over the text's UTF-8 bytes (sliding window).
 
     With several --model flags: the byte-level ensemble's bits per byte (and each member's, byte level).
+    With -o (corpus mode, one model, sliding windows): one row per document, corpus bits per byte on stdout.
     """
     from tokeff.core.textio import read_text
 
+    if output is not None:
+        if len(model) > 1 or method or kv_quant or max_bytes:
+            raise TokeffError("corpus mode (-o) scores one --model with sliding windows (no --method, --kv-quant, --max-bytes)")
+        params = dict(model=model[0], context=context, stride=stride, device=loader.device, dtype=loader.dtype,
+                      trust_remote_code=loader.trust_remote_code)
+        corpus.run_corpus("bpb", params, files, output, engine=engine, address=address, workers=workers,
+                          gpus_per_worker=gpus_per_worker, batch_size=batch_size, field=field, id_field=id_field,
+                          resume=resume, force=force, fail_on_error=fail_on_error, json=json)
+        return
+    if len(files) != 1:
+        raise TokeffError("give one file, or -o OUT to score a corpus")
+    file = files[0]
     text = read_text(file, max_bytes)
     if len(model) > 1:
         if method is not None or kv_quant is not None:

@@ -213,10 +213,16 @@ def test_option_validation(models):
         get_method("lookup")(lm, DecodeConfig(), tree_size=4)
     with pytest.raises(TokeffError, match="needs --draft"):
         get_method("speculative")(lm, DecodeConfig())
-    with pytest.raises(TokeffError, match="--tree-size must be"):
-        get_method("recycle")(lm, DecodeConfig(), tree_size=0)
-    with pytest.raises(TokeffError, match="--kv-budget must be"):
+    with pytest.raises(TokeffError, match=r"--tree-size must be an integer in \[1, 96\], got 0"):
+        get_method("recycle")(lm, DecodeConfig(), tree_size=0)  # the wording of the spec's bounds
+    with pytest.raises(TokeffError, match="--kv-budget must be an integer >= 2, got 1"):
+        get_method("h2o")(lm, DecodeConfig(), kv_budget=1)
+    with pytest.raises(TokeffError, match="--window must be less than --kv-budget 8, got 8"):
         get_method("h2o")(lm, DecodeConfig(), kv_budget=8, window=8)
+    with pytest.raises(TokeffError, match="--draft-tokens must be an integer in \\[1, 16\\], got 17"):
+        get_method("speculative")(lm, DecodeConfig(), draft=lm, draft_tokens=17)
+    with pytest.raises(TokeffError, match="--embedding must be one of mean, last, got 'first'"):
+        get_method("dynamic")(lm, DecodeConfig(), embedding="first")
     with pytest.raises(TokeffError, match="exceeds the model's 512 positions"):
         get_method("sink")(lm, DecodeConfig(), window=400)
 

@@ -163,7 +163,7 @@ def test_cli_dynamic_and_decode_options(tiny_llama_dir, tmp_path):
     out = run_cli("decode", "-m", tiny_llama_dir, "--prompt-file", text, "--method", "dynamic", "--merges", 8,
                  "--max-new-tokens", 3, "--json", check=0)
     assert json.loads(out.stdout)["merges"] == 8
-    assert "--merges=256" in run_cli("decode", "--list-methods", "--model", "x", check=0).stdout
+    assert "--merges (an integer >= 1; default 256)" in run_cli("decode", "--list-methods", "--model", "x", check=0).stdout
     binary = tmp_path / "b.txt"
     binary.write_bytes(b"\xff\xfe broken")
     assert "not valid UTF-8" in run_cli("dynamic", "-m", tiny_llama_dir, binary, check=1).stderr

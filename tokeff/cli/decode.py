@@ -56,6 +56,7 @@ def decode(
     json: Json = False,
 ) -> None:
     """Stream a continuation to stdout; statistics go to stderr (or into the --json object)."""
+    from tokeff.core.options import describe
     from tokeff.core.textio import read_text
     from tokeff.decoding import get_method, method_names
     from tokeff.decoding.types import DecodeConfig, Prompt
@@ -63,8 +64,7 @@ def decode(
     if list_methods:
         for name in method_names():
             cls = get_method(name)
-            settings = " ".join(f"--{key.replace('_', '-')}={value}" for key, value in cls.options.items())
-            console.stdout.print(f"{name}\t{cls.summary}" + (f" [{settings}]" if settings else ""))
+            console.stdout.print(f"{name}\t{cls.summary}" + (f"\n{describe(cls.options)}" if cls.options else ""))
         return
     if (prompt is None) == (prompt_file is None):
         raise TokeffError("give exactly one of --prompt and --prompt-file")
@@ -91,7 +91,7 @@ def decode(
         ).items()
         if value is not None  # only the flags given, so one that does not apply to the method is an error
     }
-    method_cls.check_options(options)
+    method_cls.resolve_options(options)
     key = None
     if watermark is not None:
         from tokeff.decoding.watermark.generation import chooser_factory

@@ -133,7 +133,7 @@ def _bounded_bpb(
     if not issubclass(method_cls, BoundedCacheMethod):
         raise TokeffError(f"--method {method} does not bound the cache; eval bpb --method takes sink or h2o")
     options = {name: value for name, value in options.items() if value is not None}
-    method_cls.check_options(options)
+    method_cls.resolve_options(options)
     lm = loader.load(model)
     payload = {"model": model, "file": str(file), **bounded_cache_bpb(method_cls(lm, DecodeConfig(), **options), text, context, chunk).to_json()}
     if json:

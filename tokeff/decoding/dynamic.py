@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from tokeff.core.options import Option
 from tokeff.decoding.autoregressive import Autoregressive
 from tokeff.decoding.registry import register
 from tokeff.decoding.runner import CachedRunner
@@ -22,7 +23,12 @@ class DynamicPrefill(Autoregressive):
     name = "dynamic"
     summary = "prefill with the prompt's frequent token pairs merged (shorter prefill and KV cache), then decode"
     lossless = False
-    options = {"merges": 256, "across_words": False, "embedding": "mean", "min_count": 2}
+    options = (
+        Option("merges", int, 256, "most merges added per prompt", min=1),
+        Option("across_words", bool, False, "let merges cross word boundaries"),
+        Option("embedding", str, "mean", "a merged token's input embedding from its pieces", choices=("mean", "last")),
+        Option("min_count", int, 2, "merge only pairs seen this often", min=1),
+    )
 
     def prefill(self, runner: CachedRunner, prompt: Prompt) -> torch.Tensor:
         from tokeff.tokenizers_tools.canonical import vocab_bytes

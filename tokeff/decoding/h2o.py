@@ -19,6 +19,7 @@ from transformers import Cache
 from transformers.cache_utils import DynamicLayer
 
 from tokeff.core.errors import TokeffError
+from tokeff.core.options import Option
 from tokeff.core.models import LoadedModel
 from tokeff.decoding.bounded import BoundedCacheMethod
 from tokeff.decoding.registry import register
@@ -115,14 +116,17 @@ def eager_attention(model) -> Iterator[None]:
 class HeavyHitters(BoundedCacheMethod):
     name = "h2o"
     summary = "H2O: keep recent tokens plus the heaviest-attended ones within --kv-budget (lossy)"
-    options = {"kv_budget": 512, "window": None}
+    options = (
+        Option("kv_budget", int, 512, "positions kept per layer and head", min=2),
+        Option("window", int, None, "recent part of the budget (default: half of it)", min=1),
+    )
 
     def __init__(self, lm, config, **options: Any) -> None:
         super().__init__(lm, config, **options)
         budget = self.opts["kv_budget"]
         recent = budget // 2 if self.opts["window"] is None else self.opts["window"]
-        if budget < 2 or not 1 <= recent < budget:
-            raise TokeffError(f"--kv-budget must be >= 2 and --window in 1..kv-budget-1, got {budget} and {recent}")
+        if recent >= budget:
+            raise TokeffError(f"--window must be less than --kv-budget {budget}, got {recent}")
         self.budget, self.recent = budget, recent
         self.prefill_chunk = budget
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokeff.core.errors import TokeffError
+from tokeff.core.options import Option
 from tokeff.decoding.budget import DraftBudget
 from tokeff.decoding.drafting import Draft, Drafter, DraftingMethod
 from tokeff.decoding.registry import register
@@ -80,14 +80,13 @@ def _slots(depth: range, matched: int) -> list[int]:
 class PromptLookup(DraftingMethod):
     name = "lookup"
     summary = "prompt lookup: draft the tokens that followed the last n-gram earlier in the context (lossless)"
-    options = {"ngram": 3, "draft_tokens": None}
+    options = (
+        Option("ngram", int, 3, "longest n-gram matched", min=1),
+        Option("draft_tokens", int, None, "draft tokens per step (default: adaptive)", min=1),
+    )
 
     def __init__(self, lm, config, **options: Any) -> None:
         super().__init__(lm, config, **options)
-        if self.opts["ngram"] < 1:
-            raise TokeffError(f"--ngram must be >= 1, got {self.opts['ngram']}")
-        if self.opts["draft_tokens"] is not None and self.opts["draft_tokens"] < 1:
-            raise TokeffError(f"--draft-tokens must be >= 1, got {self.opts['draft_tokens']}")
         # Kept across generations: the machine's step cost and the drafts' hit rates carry over.
         self.budget = DraftBudget([0.6] * MAX_DRAFT * self.opts["ngram"], fixed=self.opts["draft_tokens"])
 

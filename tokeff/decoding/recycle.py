@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tokeff.core.errors import TokeffError
+from tokeff.core.options import Option
 from tokeff.decoding.budget import DraftBudget
 from tokeff.decoding.drafting import Draft, Drafter, DraftingMethod
 from tokeff.decoding.registry import register
@@ -115,13 +115,14 @@ class RecycleDrafter(Drafter):
 class TokenRecycling(DraftingMethod):
     name = "recycle"
     summary = "Token Recycling: draft trees from recycled top-k candidates, verified with tree attention (lossless)"
-    options = {"tree_size": None}
+    options = (
+        Option("tree_size", int, None, "draft-tree nodes per step (default: adaptive to this machine)",
+               min=1, max=TEMPLATE_NODES),
+    )
 
     def __init__(self, lm, config, **options: Any) -> None:
         super().__init__(lm, config, **options)
         tree_size = self.opts["tree_size"]
-        if tree_size is not None and not 1 <= tree_size <= TEMPLATE_NODES:
-            raise TokeffError(f"--tree-size must be in 1..{TEMPLATE_NODES}, got {tree_size}")
         vocab = lm.model.get_output_embeddings().weight.shape[0]
         self.prefill_logits = max(1, SEED_LOGIT_FLOATS // vocab)
         # Kept across generations (the paper's hot start), like the measured step cost and slot rates.

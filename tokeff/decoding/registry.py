@@ -5,12 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from tokeff.core.errors import TokeffError
 from tokeff.core.models import LoadedModel
+from tokeff.core.options import Option, resolve
+from tokeff.core.registry import Registry
 from tokeff.decoding.types import DecodeConfig, DecodeResult, Prompt, TextCallback
 
-_METHODS: dict[str, type[DecodeMethod]] = {}
-
+METHODS: Registry[type[DecodeMethod]] = Registry("decode method", "tokeff.decoding")
 
 
 class DecodeMethod(ABC):
@@ -20,55 +20,26 @@ class DecodeMethod(ABC):
     summary: ClassVar[str]
     lossless: ClassVar[bool] = True  # output equals plain decoding of the same model
     default_temperature: ClassVar[float] = 0.0  # used when --temperature is not given
-    options: ClassVar[dict[str, Any]] = {}  # option name -> default, accepted from the CLI
+    options: ClassVar[tuple[Option, ...]] = ()  # everything a user can set on this method (CLI flags, -o)
 
     def __init__(self, lm: LoadedModel, config: DecodeConfig, **options: Any) -> None:
-        self.check_options(options)
+        self.opts = self.resolve_options(options)
         self.lm = lm
         self.config = config
-        self.opts = {**self.options, **options}
 
     @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        """Rejects options this method does not take (callable before any model is loaded)."""
-        unknown = sorted(set(options) - set(cls.options))
-        if unknown:
-            flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
-            raise TokeffError(f"{flags} does not apply to --method {cls.name}")
+    def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """Every option's value, the given ones checked against their specs (callable before any model loads)."""
+        return resolve(cls.options, given, f"--method {cls.name}")
 
     @abstractmethod
     def generate(self, prompt: Prompt, on_text: TextCallback | None = None) -> DecodeResult:
         """Generate up to `config.max_new_tokens` tokens after the prompt, streaming text to `on_text`."""
 
 
-def register(cls: type[DecodeMethod]) -> type[DecodeMethod]:
-    if cls.name in _METHODS:
-        raise ValueError(f"decode method '{cls.name}' registered twice")
-    _METHODS[cls.name] = cls
-    return cls
-
-
-def _load_all() -> None:
-    """Import every module of this package once, so each method registers itself (no central list to edit).
-
-    Done on first lookup rather than at import, so `tokeff --help` does not pay for torch.
-    """
-    import importlib
-    import pkgutil
-
-    import tokeff.decoding as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
-
-
-def get_method(name: str) -> type[DecodeMethod]:
-    _load_all()
-    if name not in _METHODS:
-        raise TokeffError(f"unknown decode method '{name}' (available: {', '.join(sorted(_METHODS))})")
-    return _METHODS[name]
+register = METHODS.register
+get_method = METHODS.get
 
 
 def method_names() -> list[str]:
-    _load_all()
-    return sorted(_METHODS)
+    return METHODS.names()

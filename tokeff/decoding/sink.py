@@ -17,6 +17,7 @@ from transformers.cache_utils import DynamicLayer
 
 from tokeff.core.errors import TokeffError
 from tokeff.core.models import LoadedModel
+from tokeff.core.options import Option
 from tokeff.decoding.bounded import BoundedCacheMethod
 from tokeff.decoding.registry import register
 
@@ -75,13 +76,14 @@ class SinkCache(Cache):
 class AttentionSinks(BoundedCacheMethod):
     name = "sink"
     summary = "StreamingLLM: attention sinks plus a window of recent tokens, for streams past the context (lossy)"
-    options = {"sinks": 4, "window": 1020}
+    options = (
+        Option("sinks", int, 4, "attention-sink tokens kept", min=0),
+        Option("window", int, 1020, "recent tokens kept", min=1),
+    )
 
     def __init__(self, lm, config, **options: Any) -> None:
         super().__init__(lm, config, **options)
         sinks, window = self.opts["sinks"], self.opts["window"]
-        if sinks < 0 or window < 1:
-            raise TokeffError(f"--sinks must be >= 0 and --window >= 1, got {sinks} and {window}")
         limit = lm.model.config.get_text_config().max_position_embeddings
         if limit and sinks + 2 * window > limit:
             raise TokeffError(

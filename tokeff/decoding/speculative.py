@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from tokeff.core.errors import TokeffError
+from tokeff.core.options import Option
 from tokeff.core.models import LoadedModel, load_model
 from tokeff.decoding.budget import DraftBudget
 from tokeff.decoding.drafting import Draft, Drafter, DraftingMethod
@@ -139,16 +140,19 @@ class DraftModelDrafter(Drafter):
 class SpeculativeDecoding(DraftingMethod):
     name = "speculative"
     summary = "speculative decoding with a draft model (--draft), across tokenizers too (lossless)"
-    options = {"draft": None, "draft_tokens": None}
+    options = (
+        Option("draft", str, None, "the draft model (any tokenizer)"),
+        Option("draft_tokens", int, None, "draft tokens per step (default: adaptive)", min=1, max=MAX_DRAFT),
+    )
 
     def __init__(self, lm, config, **options: Any) -> None:
+        draft = options.get("draft")
+        if isinstance(draft, LoadedModel):  # already loaded by the caller (the CLI, with its --device and --dtype)
+            options = {**options, "draft": draft.spec}
         super().__init__(lm, config, **options)
-        draft = self.opts["draft"]
         if draft is None:
             raise TokeffError("--method speculative needs --draft MODEL")
         fixed = self.opts["draft_tokens"]
-        if fixed is not None and not 1 <= fixed <= MAX_DRAFT:
-            raise TokeffError(f"--draft-tokens must be in 1..{MAX_DRAFT}, got {fixed}")
         if not isinstance(draft, LoadedModel):
             draft = load_model(draft, device=lm.device.type, dtype=str(lm.model.dtype).removeprefix("torch."))
         self.draft = draft

@@ -323,7 +323,7 @@ def test_h2o_scores_through_its_cache(models):
 
 def test_cli_decode_methods_and_flags(tiny_llama_dir, tiny_gemma_dir):
     base = ["decode", "-m", tiny_llama_dir, "--prompt", PROMPT, "--max-new-tokens", 12, "--ignore-eos", "--json"]
-    payload = json.loads(run_cli(*base, "--method", "recycle", "--tree-size", 8, check=0).stdout)
+    payload = json.loads(run_cli(*base, "--method", "recycle", "-o", "tree-size=8", check=0).stdout)
     assert payload["method"] == "recycle" and payload["tokens"] == 12 and payload["tree_size"] == 8
     assert {"seconds", "tokens_per_s", "forward_passes", "accepted_per_pass", "peak_kv_bytes"} <= set(payload)
     payload = json.loads(run_cli(*base, "--method", "speculative", "--draft", tiny_gemma_dir, check=0).stdout)

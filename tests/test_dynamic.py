@@ -152,6 +152,11 @@ def test_method_flags_are_checked_against_the_method(tiny_llama_dir):
         "decode", "-m", tiny_llama_dir, "--prompt", "hi", "--merges", 4, check=1).stderr
     assert "--ngram does not apply to --method dynamic" in run_cli(
         "decode", "-m", tiny_llama_dir, "--prompt", "hi", "--method", "dynamic", "--ngram", 2, check=1).stderr
+    # -o KEY=VALUE is parsed and checked by the same specs.
+    base = ["decode", "-m", tiny_llama_dir, "--prompt", "hi", "--method", "dynamic"]
+    assert "unknown option 'ngram'" in run_cli(*base, "-o", "ngram=2", check=1).stderr
+    assert "--merges must be an integer >= 1, got 0" in run_cli(*base, "-o", "merges=0", check=1).stderr
+    assert "given both as a flag and with -o" in run_cli(*base, "--merges", 4, "-o", "merges=5", check=1).stderr
 
 
 def test_cli_dynamic_and_decode_options(tiny_llama_dir, tmp_path):

@@ -52,11 +52,15 @@ def decode(
         str | None, typer.Option(help="dynamic: a merged token's input embedding from its pieces: mean or last.")
     ] = None,
     min_count: Annotated[int | None, typer.Option(help="dynamic: merge only pairs seen this often (default 2).")] = None,
+    assignments: Annotated[
+        list[str] | None,
+        typer.Option("-o", "--option", help="KEY=VALUE: any option of the method (see --list-methods); repeatable."),
+    ] = None,
     loader: ModelArgs = ModelArgs(),
     json: Json = False,
 ) -> None:
     """Stream a continuation to stdout; statistics go to stderr (or into the --json object)."""
-    from tokeff.core.options import describe
+    from tokeff.core.options import describe, parse_assignments
     from tokeff.core.textio import read_text
     from tokeff.decoding import get_method, method_names
     from tokeff.decoding.types import DecodeConfig, Prompt
@@ -91,6 +95,11 @@ def decode(
         ).items()
         if value is not None  # only the flags given, so one that does not apply to the method is an error
     }
+    assigned = parse_assignments(assignments or [], method_cls.options)
+    twice = sorted(set(assigned) & set(options))
+    if twice:
+        raise TokeffError(f"--{twice[0].replace('_', '-')} is given both as a flag and with -o")
+    options.update(assigned)
     method_cls.resolve_options(options)
     key = None
     if watermark is not None:

@@ -8,24 +8,13 @@ import pyarrow.parquet as pq
 import pytest
 
 import tiny_models
+from test_watermark_cli import tokeff
 from tokeff.cli.app import main
 from tokeff.corpus import scorers
 from tokeff.corpus.output import parts_folder
 from tokeff.corpus.reader import ReaderOptions, expand_sources, read_corpus
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def tokeff(capsys, monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["tokeff", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 def paragraphs(count: int) -> list[str]:

@@ -1,14 +1,13 @@
 """Corpus mode of `tokeff watermark detect` and `tokeff eval bpb`: reader, both engines, bad rows, faults."""
 
 import json
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import tiny_models
-from tokeff.cli.app import main
+from helpers import run_cli
 from tokeff.corpus import scorers
 from tokeff.corpus.output import parts_folder
 from tokeff.corpus.reader import ReaderOptions, expand_sources, read_corpus
@@ -16,16 +15,9 @@ from tokeff.corpus.reader import ReaderOptions, expand_sources, read_corpus
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def tokeff(capsys, monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["tokeff", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
+def tokeff(*args):
+    result = run_cli(*args)
+    return result.returncode, result.stdout, result.stderr
 
 
 def paragraphs(count: int) -> list[str]:
@@ -36,12 +28,8 @@ def paragraphs(count: int) -> list[str]:
 @pytest.fixture(scope="module")
 def key(tmp_path_factory, tiny_llama_dir):
     path = tmp_path_factory.mktemp("corpus-key") / "kgw"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", ["tokeff", "watermark", "keygen", "--scheme", "kgw", "-m", str(tiny_llama_dir),
-                                    "-o", str(path), "--min-tokens", "6", "--seed", "3"])
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-        assert exit_info.value.code in (0, None)
+    run_cli("watermark", "keygen", "--scheme", "kgw", "-m", tiny_llama_dir, "-o", path, "--min-tokens", "6",
+            "--seed", "3", check=0)
     return path
 
 
@@ -67,14 +55,9 @@ def parquet_corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for every Ray test (starting it costs seconds); engine ray reuses it."""
-    import logging
-
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
-    # Ray's log handlers keep the first test's captured stderr, closed by the next test: drop their write errors.
-    raise_exceptions, logging.raiseExceptions = logging.raiseExceptions, False
     yield
-    logging.raiseExceptions = raise_exceptions
     ray.shutdown()
 
 
@@ -104,9 +87,9 @@ def test_reader_ids_bad_rows_and_skip(jsonl_corpus, parquet_corpus, tmp_path):
     assert docs[1]["error"].startswith("not valid UTF-8")
 
 
-def test_detect_corpus_local(capsys, monkeypatch, key, jsonl_corpus, parquet_corpus, tmp_path):
+def test_detect_corpus_local(monkeypatch, key, jsonl_corpus, parquet_corpus, tmp_path):
     out = tmp_path / "detect.jsonl"
-    code, stdout, _ = tokeff(capsys, monkeypatch, "watermark", "detect", "--key", key, jsonl_corpus, "-o", out,
+    code, stdout, _ = tokeff("watermark", "detect", "--key", key, jsonl_corpus, "-o", out,
                              "--id-field", "doc", "--batch-size", 50, "--json")
     summary, table = json.loads(stdout), rows(out)
     assert code == 0 and not parts_folder(out).exists()
@@ -116,18 +99,18 @@ def test_detect_corpus_local(capsys, monkeypatch, key, jsonl_corpus, parquet_cor
     # the per-document rows are what today's detect prints for the same texts
     single = tmp_path / "one.txt"
     single.write_text(paragraphs(1)[0])
-    _, stdout, _ = tokeff(capsys, monkeypatch, "watermark", "detect", "--key", key, single, "--json")
+    _, stdout, _ = tokeff("watermark", "detect", "--key", key, single, "--json")
     assert json.loads(stdout)[0]["p_value"] == pytest.approx(table[0]["p_value"], rel=1e-12)
-    code, _, err = tokeff(capsys, monkeypatch, "watermark", "detect", "--key", key, jsonl_corpus, "-o", out)
+    code, _, err = tokeff("watermark", "detect", "--key", key, jsonl_corpus, "-o", out)
     assert code == 1 and "already exists" in err
-    code, _, _ = tokeff(capsys, monkeypatch, "watermark", "detect", "--key", key, parquet_corpus, "--field", "body",
+    code, _, _ = tokeff("watermark", "detect", "--key", key, parquet_corpus, "--field", "body",
                         "-o", tmp_path / "p.parquet", "--fail-on-error")
     assert code == 1 and len(rows(tmp_path / "p.parquet")) == 24  # the null row fails, the job still completes
 
 
-def test_bpb_corpus_local(capsys, monkeypatch, tiny_llama_dir, parquet_corpus, tmp_path):
+def test_bpb_corpus_local(monkeypatch, tiny_llama_dir, parquet_corpus, tmp_path):
     out = tmp_path / "bpb.parquet"
-    code, stdout, _ = tokeff(capsys, monkeypatch, "eval", "bpb", "-m", tiny_llama_dir, parquet_corpus, "--field",
+    code, stdout, _ = tokeff("eval", "bpb", "-m", tiny_llama_dir, parquet_corpus, "--field",
                              "body", "--id-field", "n", "-o", out, "--context", 32, "--json")
     summary, table = json.loads(stdout), rows(out)
     assert code == 0 and summary["documents"] == 24 and summary["failed"] == 1 and table[-1]["id"] == "23"
@@ -136,11 +119,11 @@ def test_bpb_corpus_local(capsys, monkeypatch, tiny_llama_dir, parquet_corpus, t
     assert all(r["bits"] == pytest.approx(r["bpb"] * r["bytes"]) for r in good)
     single = tmp_path / "one.txt"
     single.write_text(paragraphs(1)[0])  # the same text through today's single-file command
-    _, stdout, _ = tokeff(capsys, monkeypatch, "eval", "bpb", "-m", tiny_llama_dir, single, "--context", 32, "--json")
+    _, stdout, _ = tokeff("eval", "bpb", "-m", tiny_llama_dir, single, "--context", 32, "--json")
     assert json.loads(stdout)["bpb"] == pytest.approx(good[0]["bpb"], rel=1e-9)
 
 
-def test_bad_arguments_fail_at_once_and_write_nothing(capsys, monkeypatch, key, jsonl_corpus, tmp_path):
+def test_bad_arguments_fail_at_once_and_write_nothing(monkeypatch, key, jsonl_corpus, tmp_path):
     out = tmp_path / "out.parquet"
     cases = [
         (["watermark", "detect", "--key", tmp_path / "missing", jsonl_corpus, "-o", out], "missing"),
@@ -150,14 +133,14 @@ def test_bad_arguments_fail_at_once_and_write_nothing(capsys, monkeypatch, key, 
         (["watermark", "detect", "--key", key, tmp_path / "absent*.jsonl", "-o", out], "no such file"),
     ]
     for args, message in cases:
-        code, _, err = tokeff(capsys, monkeypatch, *args)
+        code, _, err = tokeff(*args)
         assert code == 1 and message in err and len(err.strip().splitlines()) == 1, (args, err)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_resume_after_a_crash_writes_each_document_once(capsys, monkeypatch, key, jsonl_corpus, tmp_path):
+def test_resume_after_a_crash_writes_each_document_once(monkeypatch, key, jsonl_corpus, tmp_path):
     args = ["watermark", "detect", "--key", key, jsonl_corpus, "--batch-size", 40, "--json"]
-    tokeff(capsys, monkeypatch, *args, "-o", tmp_path / "whole.jsonl")
+    tokeff(*args, "-o", tmp_path / "whole.jsonl")
     score, calls = scorers.Scorer.__call__, []
 
     def crash_on_fourth_batch(self, documents):
@@ -169,24 +152,24 @@ def test_resume_after_a_crash_writes_each_document_once(capsys, monkeypatch, key
     out = tmp_path / "resumed.jsonl"
     with monkeypatch.context() as patch:
         patch.setattr(scorers.Scorer, "__call__", crash_on_fourth_batch)
-        code, _, _ = tokeff(capsys, monkeypatch, *args, "-o", out)  # Ctrl-C: exit 130
+        code, _, _ = tokeff(*args, "-o", out)  # Ctrl-C: exit 130
     assert code == 130 and len(calls) == 4
     assert len(list(parts_folder(out).glob("part-*.parquet"))) == 3 and not out.exists()
-    code, _, err = tokeff(capsys, monkeypatch, *args, "-o", out)
+    code, _, err = tokeff(*args, "-o", out)
     assert code == 1 and "--resume" in err
-    code, stdout, err = tokeff(capsys, monkeypatch, *args, "-o", out, "--resume")
+    code, stdout, err = tokeff(*args, "-o", out, "--resume")
     assert code == 0 and "120 documents already written" in err and json.loads(stdout)["documents"] == 304
     assert rows(out) == rows(tmp_path / "whole.jsonl") and not parts_folder(out).exists()
 
 
-def test_ray_matches_local_even_when_an_actor_dies(capsys, monkeypatch, ray_session, key, jsonl_corpus, tmp_path):
+def test_ray_matches_local_even_when_an_actor_dies(monkeypatch, ray_session, key, jsonl_corpus, tmp_path):
     from tokeff.corpus.ray_engine import CRASH_ONCE_ENV
 
     args = ["watermark", "detect", "--key", key, jsonl_corpus, "--batch-size", 32, "--json"]
-    _, local, _ = tokeff(capsys, monkeypatch, *args, "-o", tmp_path / "local.parquet")
+    _, local, _ = tokeff(*args, "-o", tmp_path / "local.parquet")
     marker = tmp_path / "crashed"
     monkeypatch.setenv(CRASH_ONCE_ENV, str(marker))  # the first actor to score a batch dies: os._exit(1)
-    code, remote, _ = tokeff(capsys, monkeypatch, *args, "-o", tmp_path / "ray.parquet", "--engine", "ray",
+    code, remote, _ = tokeff(*args, "-o", tmp_path / "ray.parquet", "--engine", "ray",
                              "--workers", 2)
     assert code == 0 and marker.exists()
     assert rows(tmp_path / "ray.parquet") == rows(tmp_path / "local.parquet")
@@ -194,9 +177,9 @@ def test_ray_matches_local_even_when_an_actor_dies(capsys, monkeypatch, ray_sess
     assert drop(remote) == drop(local)
 
 
-def test_bpb_ray_matches_local(capsys, monkeypatch, ray_session, tiny_llama_dir, parquet_corpus, tmp_path):
+def test_bpb_ray_matches_local(monkeypatch, ray_session, tiny_llama_dir, parquet_corpus, tmp_path):
     args = ["eval", "bpb", "-m", tiny_llama_dir, parquet_corpus, "--field", "body", "--context", 32, "--batch-size", 8]
-    tokeff(capsys, monkeypatch, *args, "-o", tmp_path / "local.jsonl")
-    code, stdout, _ = tokeff(capsys, monkeypatch, *args, "-o", tmp_path / "ray.jsonl", "--engine", "ray", "--json")
+    tokeff(*args, "-o", tmp_path / "local.jsonl")
+    code, stdout, _ = tokeff(*args, "-o", tmp_path / "ray.jsonl", "--engine", "ray", "--json")
     assert code == 0 and json.loads(stdout)["documents"] == 24
     assert rows(tmp_path / "ray.jsonl") == rows(tmp_path / "local.jsonl")

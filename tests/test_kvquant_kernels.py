@@ -140,6 +140,7 @@ def test_reference_decodes_what_it_should():
     assert rotated[0, 0, 0].tolist() == [-9.0, 2.0, 2.0, 2.0, -2.0, 6.0, 0.0, 4.0]  # (x1, x2) -> (-x2, x1)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 def test_triton_kernels_match_reference_in_the_interpreter():
     """Runs the Triton kernels on the CPU with TRITON_INTERPRET=1 (a GPU runs the compiled kernel)."""

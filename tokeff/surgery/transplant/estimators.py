@@ -52,14 +52,17 @@ class Combination:
     mean_weight: torch.Tensor  # (B,)
 
     def apply(self, matrix: torch.Tensor) -> torch.Tensor:
+        """Float32 rows. Only the rows this batch refers to are upcast: a float32 copy of a whole
+        bf16 embedding would double what the transplant holds."""
         batch, width = self.indices.shape
+        used, local = self.indices.unique(return_inverse=True)
         rows = torch.arange(batch).repeat_interleave(width)
         sparse = torch.sparse_coo_tensor(
-            torch.stack([rows, self.indices.flatten()]), self.weights.flatten().float(), (batch, matrix.shape[0]),
+            torch.stack([rows, local.flatten()]), self.weights.flatten().float(), (batch, len(used)),
             check_invariants=False,  # indices are built here, always in range
         )
-        dense = torch.sparse.mm(sparse, matrix.float())
-        return dense + self.mean_weight.float().unsqueeze(1) * matrix.float().mean(0)
+        dense = torch.sparse.mm(sparse, matrix[used].float())
+        return dense + self.mean_weight.float().unsqueeze(1) * matrix.mean(0, dtype=torch.float32)
 
     @staticmethod
     def concat(parts: list[Combination]) -> Combination:

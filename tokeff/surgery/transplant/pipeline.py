@@ -22,7 +22,7 @@ from tokenizers import processors
 
 from tokeff.core import console
 from tokeff.core.artifacts import ArtifactWriter, check_output_path
-from tokeff.core.device import resolve_device
+from tokeff.core.device import DTYPE_NAMES, resolve_device
 from tokeff.core.errors import TokeffError
 from tokeff.core.evaluation import adds_bos
 from tokeff.core.models import load_model, load_tokenizer
@@ -203,7 +203,9 @@ def _scale_output_rows(base: str, replacements: dict[str, torch.Tensor], layout:
         from tokeff.core.textio import read_text
         from tokeff.surgery.transplant import scale
 
-        base_lm = load_model(base, device=str(device))
+        # In the checkpoint's own dtype: "auto" would upcast a bf16 model to float32 on the CPU.
+        dtype = str(replacements[layout.embed].dtype).removeprefix("torch.")
+        base_lm = load_model(base, device=str(device), dtype=dtype if dtype in DTYPE_NAMES else "auto")
         if options.tune_text is None:
             documents, source = scale.sampled_documents(base_lm), f"sampled from {base}"
         else:

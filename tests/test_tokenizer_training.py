@@ -127,6 +127,17 @@ def test_cli_train_verify_load_and_stats(tmp_path, tiny_llama_dir):
     assert ours["multiword_tokens"] > 0 and rows[str(tiny_llama_dir)]["multiword_tokens"] == 0
     assert ours["bytes_per_token"] == pytest.approx(ours["bytes"] / ours["tokens"])
 
+    # a parameter that changes no file (min_frequency) edited in tokeff.json: verify and loading refuse it
+    manifest = json.loads((out / "tokeff.json").read_text())
+    manifest["parameters"]["min_frequency"] = 1
+    (out / "tokeff.json").write_text(json.dumps(manifest))
+    failed = run_cli("verify", out, check=1).stderr
+    assert "tokeff.json was edited" in failed and failed.count("\n") == 1
+    assert "tokeff.json was edited" in run_cli("tokenizer", "stats", probe, "-t", out, check=1).stderr
+    manifest["parameters"]["min_frequency"] = 2
+    (out / "tokeff.json").write_text(json.dumps(manifest))
+    assert run_cli("verify", out, check=0).stdout.strip().endswith("ok")
+
     (out / "tokenizer.json").write_text((out / "tokenizer.json").read_text().replace('"Ġthe"', '"Ġthe_"', 1))
     assert "tokenizer.json" in run_cli("verify", out, check=1).stderr
     assert "failed verification" in run_cli("tokenizer", "stats", probe, "-t", out, check=1).stderr

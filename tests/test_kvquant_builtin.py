@@ -9,9 +9,9 @@ from transformers import DynamicCache
 from tokeff.core.errors import TokeffError
 from tokeff.core.evaluation import bits_per_byte
 from tokeff.core.textio import read_text
-from tokeff.decoding.kvcache.spec import kv_cache_factory
-from tokeff.surgery.kvquant.artifact import load_calibration, write_calibration
-from tokeff.surgery.kvquant.calibrate import calibrate
+from tokeff.kvquant.spec import kv_cache_factory
+from tokeff.kvquant.artifact import load_calibration, write_calibration
+from tokeff.kvquant.calibrate import calibrate
 
 pytestmark = pytest.mark.slow
 

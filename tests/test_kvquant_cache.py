@@ -8,12 +8,12 @@ from tokeff.core.evaluation import bits_per_byte
 from tokeff.core.errors import TokeffError
 from tokeff.core.models import load_model
 from tokeff.decoding import get_method
-from tokeff.decoding.kvcache.quantizer import TensorQuantizer, nearest_level, uniform_codebook
-from tokeff.decoding.kvcache.rope import RotaryTables
-from tokeff.decoding.kvcache.spec import kv_cache_factory
+from tokeff.kvquant.quantizer import TensorQuantizer, nearest_level, uniform_codebook
+from tokeff.core.rope import RotaryTables
+from tokeff.kvquant.spec import kv_cache_factory
 from tokeff.decoding.types import DecodeConfig, Prompt, cache_nbytes
-from tokeff.surgery.kvquant.calibrate import calibrate
-from tokeff.surgery.kvquant.collect import collect
+from tokeff.kvquant.calibrate import calibrate
+from tokeff.kvquant.collect import collect
 
 import tiny_models
 
@@ -221,7 +221,7 @@ def test_bad_specs(lm):
 def _factory(lm, calibrated, tmp_path, spec, residual, sinks, fused=True):
     if spec != "calibrated":
         return kv_cache_factory(spec, lm, residual=residual, sinks=sinks, fused=fused)
-    from tokeff.surgery.kvquant.artifact import write_calibration
+    from tokeff.kvquant.artifact import write_calibration
 
     text = tmp_path / "calibration.txt"
     text.write_text(TEXT)

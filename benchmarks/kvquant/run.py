@@ -162,10 +162,10 @@ def run_model(name: str, args, workdir: Path):
     from tokeff.core.evaluation import bits_per_byte, prefix_token_id
     from tokeff.core.models import load_model
     from tokeff.core.textio import read_text
-    from tokeff.decoding.kvcache.spec import kv_cache_factory
-    from tokeff.surgery.kvquant.artifact import write_calibration
-    from tokeff.surgery.kvquant.calibrate import fit_calibration
-    from tokeff.surgery.kvquant.collect import collect
+    from tokeff.kvquant.spec import kv_cache_factory
+    from tokeff.kvquant.artifact import write_calibration
+    from tokeff.kvquant.calibrate import fit_calibration
+    from tokeff.kvquant.collect import collect
 
     lm = load_model(name, device="cpu")
     full = read_text(DATA)

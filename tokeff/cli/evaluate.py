@@ -103,7 +103,7 @@ def bpb(
     from tokeff.core.evaluation import bits_per_byte  # imports torch: only once the inputs are known good
     make_cache = None
     if kv_quant is not None:
-        from tokeff.decoding.kvcache.spec import kv_cache_factory
+        from tokeff.kvquant.spec import kv_cache_factory
 
         make_cache = kv_cache_factory(kv_quant, lm, residual=kv_residual, sinks=kv_sinks)
     result = bits_per_byte(lm, text, context=context, stride=stride, make_cache=make_cache, chunk=chunk)

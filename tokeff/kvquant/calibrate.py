@@ -12,13 +12,13 @@ from tokeff.core import console
 from tokeff.core.errors import TokeffError
 from tokeff.core.evaluation import prefix_token_id
 from tokeff.core.models import LoadedModel
-from tokeff.decoding.kvcache.quantizer import TensorQuantizer, uniform_codebook
-from tokeff.decoding.kvcache.rope import RotaryTables
-from tokeff.decoding.kvcache.spec import uniform_quantizers
-from tokeff.surgery.kvquant import check_bits, check_outliers
-from tokeff.surgery.kvquant.artifact import KVCalibration, write_calibration
-from tokeff.surgery.kvquant.collect import Activations, collect
-from tokeff.surgery.kvquant.fit import fit_codebook, key_ranges, outliers_per_token
+from tokeff.kvquant.quantizer import TensorQuantizer, uniform_codebook
+from tokeff.core.rope import RotaryTables
+from tokeff.kvquant.spec import uniform_quantizers
+from tokeff.kvquant import check_bits, check_outliers
+from tokeff.kvquant.artifact import KVCalibration, write_calibration
+from tokeff.kvquant.collect import Activations, collect
+from tokeff.kvquant.fit import fit_codebook, key_ranges, outliers_per_token
 
 MIN_CONTEXT = 16
 

@@ -17,7 +17,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from tokeff.core import console
 from tokeff.core.models import LoadedModel
-from tokeff.decoding.kvcache.rope import RotaryTables
+from tokeff.core.rope import RotaryTables
 
 
 @dataclass

@@ -18,7 +18,8 @@ from tokeff.decoding.h2o import HeavyHitterLayer, eager_attention
 from tokeff.decoding.lookup import NgramIndex
 from tokeff.decoding.runner import CachedRunner
 from tokeff.decoding.sampling import TokenChooser
-from tokeff.decoding.sink import SinkCache, rotate_keys
+from tokeff.core.rope import shift_keys
+from tokeff.decoding.sink import SinkCache
 from tokeff.decoding.tree_attention import forward_tree
 from tokeff.decoding.types import DecodeConfig, DecodeStats, Prompt
 from tokeff.decoding.verify import DraftTree, accept_by_ratio
@@ -217,7 +218,7 @@ def test_option_validation(models):
         get_method("recycle")(lm, DecodeConfig(), tree_size=0)
     with pytest.raises(TokeffError, match="--kv-budget must be"):
         get_method("h2o")(lm, DecodeConfig(), kv_budget=8, window=8)
-    with pytest.raises(TokeffError, match="exceeds the model's 512 positions"):
+    with pytest.raises(TokeffError, match=r"must be in 2\.\.512 \(the model's positions\), got 804"):
         get_method("sink")(lm, DecodeConfig(), window=400)
 
 
@@ -231,8 +232,8 @@ def test_rotating_keys_moves_them_to_another_position(models):
         cos, sin = rotary(keys, torch.tensor([[position] * 3]), "full_attention")
         return apply_rotary_pos_emb(keys, keys, cos, sin)[1]
 
-    inv_freq = rotary.full_attention_inv_freq
-    assert torch.allclose(rotate_keys(at(40), inv_freq, -33), at(7), atol=1e-5)
+    layer = lm.text_config.layer_types.index("full_attention")
+    assert torch.allclose(shift_keys(at(40), lm.rotary.inv_freq(layer), -33), at(7), atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma"])

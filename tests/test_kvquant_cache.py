@@ -5,6 +5,7 @@ import torch
 from transformers import DynamicCache
 
 from tokeff.core.evaluation import bits_per_byte
+from tokeff.core.scoring import DecodeOrder
 from tokeff.core.errors import TokeffError
 from tokeff.core.models import load_model
 from tokeff.decoding import get_method
@@ -91,8 +92,9 @@ def test_nearest_level_per_head_matches_brute_force():
 @pytest.mark.parametrize("spec", ["uniform:2", "calibrated"])
 def test_a_residual_window_longer_than_the_text_changes_nothing(lm, calibrated, tmp_path, spec):
     factory = _factory(lm, calibrated, tmp_path, spec, residual=10_000, sinks=1)
-    plain = bits_per_byte(lm, TEXT[:600], context=64, make_cache=lambda: DynamicCache(config=lm.model.config), chunk=7)
-    quant = bits_per_byte(lm, TEXT[:600], context=64, make_cache=factory, chunk=7)
+    plain = bits_per_byte(lm, TEXT[:600], context=64, decode_order=DecodeOrder(lambda: DynamicCache(config=lm.model.config), chunk=7))
+    quant = bits_per_byte(lm, TEXT[:600], context=64, decode_order=DecodeOrder(factory, chunk=7))
+    assert quant.tokens > 3 * 64  # many sliding windows
     assert torch.equal(quant.token_nll, plain.token_nll)
 
 

@@ -11,7 +11,6 @@ from tokeff.core.models import LoadedModel
 from tokeff.kvquant.attention import install as install_packed_attention
 from tokeff.kvquant.cache import QuantizedKVCache
 from tokeff.kvquant.quantizer import KVQuantizer, TensorQuantizer, uniform_codebook
-from tokeff.core.rope import RotaryTables
 from tokeff.kvquant import check_bits
 
 KIVI_GROUP = 32  # tokens sharing a per-channel key range, as in KIVI
@@ -54,6 +53,7 @@ def kv_cache_factory(
         if not Path(spec).exists():
             raise TokeffError(f"--kv-quant {spec}: no such artifact (give a `tokeff kvquant calibrate` output or uniform:BITS)")
         quantizers = load_calibration(spec, lm).quantizers()
-        rope = RotaryTables(lm.model)
+        rope = lm.rotary
+        rope.check_tables()
     fused = fused and install_packed_attention(lm.model)
     return lambda: QuantizedKVCache(lm.model.config, quantizers, rope, residual=residual, sinks=sinks, fused=fused)

@@ -307,6 +307,22 @@ def test_h2o_within_budget_equals_full_cache_and_restores_attention(models, fami
     assert lm.model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+@pytest.mark.parametrize("method, options", [("sink", {"sinks": 4, "window": 200}), ("h2o", {"kv_budget": 200})])
+def test_bounded_caches_that_evict_nothing_equal_plain_scoring(models, family, method, options):
+    """Decode-order scoring slides the same windows as plain scoring: a cache that evicts nothing gives its numbers."""
+    from tokeff.core.evaluation import bits_per_byte
+    from tokeff.decoding.bounded import bounded_cache_bpb
+
+    lm = models[family][0]
+    text = (tiny_models.SHARED_DATA / "tinyshakespeare.txt").read_text()[:1500]
+    result = bounded_cache_bpb(get_method(method)(lm, DecodeConfig(), **options), text, 64, stride=24, chunk=5).to_json()
+    plain = bits_per_byte(lm, text, context=64, stride=24)
+    assert result["tokens"] > 10 * 64 and result["stride"] == result["full_cache_stride"] == 24
+    assert result["scoring"] == "windows in decode order" and result["chunk"] == 5
+    assert result["bpb"] == pytest.approx(plain.bpb, abs=1e-4) and result["full_cache_bpb"] == plain.bpb
+
+
 def test_h2o_scores_through_its_cache(models):
     from tokeff.decoding.bounded import bounded_cache_bpb
 

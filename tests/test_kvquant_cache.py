@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from test_cli import tokeff
+from helpers import run_cli
 from tokeff.core.errors import TokeffError
 from tokeff.core.evaluation import bits_per_byte
 from tokeff.core.models import load_model
@@ -108,8 +108,8 @@ def test_eval_bpb_through_a_cache_that_quantizes_nothing_equals_plain_scoring(ti
     text = tmp_path / "t.txt"
     text.write_text(TEXT[:1500])
     args = ["eval", "bpb", "-m", tiny_gemma_dir, text, "--context", 96, "--stride", 40, "--json"]
-    plain = json.loads(tokeff(*args, check=0).stdout)
-    quant = json.loads(tokeff(*args, "--kv-quant", "uniform:4", "--kv-residual", 100_000, "--chunk", 8, check=0).stdout)
+    plain = json.loads(run_cli(*args, check=0).stdout)
+    quant = json.loads(run_cli(*args, "--kv-quant", "uniform:4", "--kv-residual", 100_000, "--chunk", 8, check=0).stdout)
     assert plain["tokens"] > 5 * 96 and plain["stride"] == quant["stride"] == 40
     assert (plain["scoring"], quant["scoring"], quant["chunk"]) == ("windows", "windows in decode order", 8)
     assert quant["bpb"] == pytest.approx(plain["bpb"], abs=1e-4)

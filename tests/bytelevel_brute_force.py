@@ -11,7 +11,7 @@ from functools import cache
 
 import torch
 
-from tokeff.core.evaluation import prefix_token_id
+from tokeff.core.scoring import prefix_token_id
 from tokeff.core.models import LoadedModel
 from tokeff.decoding.bytelevel.prefixes import LOOKAHEAD_PROBES
 from tokeff.tokenizers_tools.canonical import vocab_bytes

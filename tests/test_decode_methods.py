@@ -18,7 +18,8 @@ from tokeff.decoding.h2o import HeavyHitterLayer, eager_attention
 from tokeff.decoding.lookup import NgramIndex
 from tokeff.decoding.runner import CachedRunner
 from tokeff.decoding.sampling import TokenChooser
-from tokeff.decoding.sink import SinkCache, rotate_keys
+from tokeff.core.rope import shift_keys
+from tokeff.decoding.sink import SinkCache
 from tokeff.decoding.tree_attention import forward_tree
 from tokeff.decoding.types import DecodeConfig, DecodeStats, Prompt
 from tokeff.decoding.verify import DraftTree, accept_by_ratio
@@ -223,7 +224,7 @@ def test_option_validation(models):
         get_method("speculative")(lm, DecodeConfig(), draft=lm, draft_tokens=17)
     with pytest.raises(TokeffError, match="--embedding must be one of mean, last, got 'first'"):
         get_method("dynamic")(lm, DecodeConfig(), embedding="first")
-    with pytest.raises(TokeffError, match="exceeds the model's 512 positions"):
+    with pytest.raises(TokeffError, match=r"must be in 2\.\.512 \(the model's positions\), got 804"):
         get_method("sink")(lm, DecodeConfig(), window=400)
 
 
@@ -237,8 +238,8 @@ def test_rotating_keys_moves_them_to_another_position(models):
         cos, sin = rotary(keys, torch.tensor([[position] * 3]), "full_attention")
         return apply_rotary_pos_emb(keys, keys, cos, sin)[1]
 
-    inv_freq = rotary.full_attention_inv_freq
-    assert torch.allclose(rotate_keys(at(40), inv_freq, -33), at(7), atol=1e-5)
+    layer = lm.text_config.layer_types.index("full_attention")
+    assert torch.allclose(shift_keys(at(40), lm.rotary.inv_freq(layer), -33), at(7), atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma"])
@@ -310,6 +311,22 @@ def test_h2o_within_budget_equals_full_cache_and_restores_attention(models, fami
     with eager_attention(lm.model):
         assert lm.model.config._attn_implementation == "eager"
     assert lm.model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+@pytest.mark.parametrize("method, options", [("sink", {"sinks": 4, "window": 200}), ("h2o", {"kv_budget": 200})])
+def test_bounded_caches_that_evict_nothing_equal_plain_scoring(models, family, method, options):
+    """Decode-order scoring slides the same windows as plain scoring: a cache that evicts nothing gives its numbers."""
+    from tokeff.core.evaluation import bits_per_byte
+    from tokeff.decoding.bounded import bounded_cache_bpb
+
+    lm = models[family][0]
+    text = (tiny_models.SHARED_DATA / "tinyshakespeare.txt").read_text()[:1500]
+    result = bounded_cache_bpb(get_method(method)(lm, DecodeConfig(), **options), text, 64, stride=24, chunk=5).to_json()
+    plain = bits_per_byte(lm, text, context=64, stride=24)
+    assert result["tokens"] > 10 * 64 and result["stride"] == result["full_cache_stride"] == 24
+    assert result["scoring"] == "windows in decode order" and result["chunk"] == 5
+    assert result["bpb"] == pytest.approx(plain.bpb, abs=1e-4) and result["full_cache_bpb"] == plain.bpb
 
 
 def test_h2o_scores_through_its_cache(models):

@@ -10,7 +10,8 @@ import torch
 
 from helpers import run_cli
 from tokeff.core.errors import TokeffError
-from tokeff.core.evaluation import bits_per_byte, prefix_token_id
+from tokeff.core.evaluation import bits_per_byte
+from tokeff.core.scoring import prefix_token_id
 from tokeff.core.models import load_model
 from tokeff.decoding import get_method
 from tokeff.decoding.types import DecodeConfig, Prompt
@@ -124,7 +125,7 @@ def test_scoring_matches_the_core_evaluator_and_is_exact_without_merges(lm):
         (dict(merge_counts=[0]), "--merges"),
         (dict(merge_counts=[4], prefill=1.5), "--prefill"),
         (dict(merge_counts=[4], context=2), "--context"),
-        (dict(merge_counts=[4], context=10**6), "exceeds"),
+        (dict(merge_counts=[4], context=10**6), r"--context must be in 3\.\.512 \(the model's positions\), got 1000000"),
         (dict(merge_counts=[4], embedding="median"), "embedding scheme"),
     ],
 )

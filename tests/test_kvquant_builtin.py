@@ -8,10 +8,11 @@ from transformers import DynamicCache
 
 from tokeff.core.errors import TokeffError
 from tokeff.core.evaluation import bits_per_byte
+from tokeff.core.scoring import DecodeOrder
 from tokeff.core.textio import read_text
-from tokeff.decoding.kvcache.spec import kv_cache_factory
-from tokeff.surgery.kvquant.artifact import load_calibration, write_calibration
-from tokeff.surgery.kvquant.calibrate import calibrate
+from tokeff.kvquant.spec import kv_cache_factory
+from tokeff.kvquant.artifact import load_calibration, write_calibration
+from tokeff.kvquant.calibrate import calibrate
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +49,8 @@ def test_decode_order_quality_and_memory(builtin_model, artifacts, wikitext, nam
     text = wikitext[1]
 
     def score(make_cache):
-        return bits_per_byte(lm, text, context=CONTEXT, make_cache=make_cache, chunk=CHUNK).bpb
+        order = DecodeOrder(make_cache, chunk=CHUNK)
+        return bits_per_byte(lm, text, context=CONTEXT, stride=CONTEXT, decode_order=order).bpb
 
     fp = score(lambda: DynamicCache(config=lm.model.config))
     calibrated = kv_cache_factory(str(artifacts[name]), lm, residual=RESIDUAL)

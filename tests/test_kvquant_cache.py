@@ -1,19 +1,23 @@
 """The quantized KV cache on tiny Llama and Gemma 3 models: bookkeeping, RoPE, sliding windows, bytes."""
 
+import json
+
 import pytest
 import torch
 from transformers import DynamicCache
 
-from tokeff.core.evaluation import bits_per_byte
+from helpers import run_cli
 from tokeff.core.errors import TokeffError
+from tokeff.core.evaluation import bits_per_byte
 from tokeff.core.models import load_model
+from tokeff.core.rope import RotaryTables
+from tokeff.core.scoring import DecodeOrder
 from tokeff.decoding import get_method
-from tokeff.decoding.kvcache.quantizer import TensorQuantizer, nearest_level, uniform_codebook
-from tokeff.decoding.kvcache.rope import RotaryTables
-from tokeff.decoding.kvcache.spec import kv_cache_factory
 from tokeff.decoding.types import DecodeConfig, Prompt, cache_nbytes
-from tokeff.surgery.kvquant.calibrate import calibrate
-from tokeff.surgery.kvquant.collect import collect
+from tokeff.kvquant.calibrate import calibrate
+from tokeff.kvquant.collect import collect
+from tokeff.kvquant.quantizer import TensorQuantizer, nearest_level, uniform_codebook
+from tokeff.kvquant.spec import kv_cache_factory
 
 import tiny_models
 
@@ -91,9 +95,24 @@ def test_nearest_level_per_head_matches_brute_force():
 @pytest.mark.parametrize("spec", ["uniform:2", "calibrated"])
 def test_a_residual_window_longer_than_the_text_changes_nothing(lm, calibrated, tmp_path, spec):
     factory = _factory(lm, calibrated, tmp_path, spec, residual=10_000, sinks=1)
-    plain = bits_per_byte(lm, TEXT[:600], context=64, make_cache=lambda: DynamicCache(config=lm.model.config), chunk=7)
-    quant = bits_per_byte(lm, TEXT[:600], context=64, make_cache=factory, chunk=7)
+    plain = bits_per_byte(lm, TEXT[:600], context=64, decode_order=DecodeOrder(lambda: DynamicCache(config=lm.model.config), chunk=7))
+    quant = bits_per_byte(lm, TEXT[:600], context=64, decode_order=DecodeOrder(factory, chunk=7))
+    assert quant.tokens > 3 * 64 and quant.stride == 32  # many sliding windows
     assert torch.equal(quant.token_nll, plain.token_nll)
+    one_pass = bits_per_byte(lm, TEXT[:600], context=64)  # the same windows, each in one causal pass
+    assert quant.bpb == pytest.approx(one_pass.bpb, abs=1e-4) and one_pass.chunk is None
+
+
+def test_eval_bpb_through_a_cache_that_quantizes_nothing_equals_plain_scoring(tiny_gemma_dir, tmp_path):
+    """The CLI's decode-order scoring slides the same windows as plain scoring and says so in its JSON."""
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT[:1500])
+    args = ["eval", "bpb", "-m", tiny_gemma_dir, text, "--context", 96, "--stride", 40, "--json"]
+    plain = json.loads(run_cli(*args, check=0).stdout)
+    quant = json.loads(run_cli(*args, "--kv-quant", "uniform:4", "--kv-residual", 100_000, "--chunk", 8, check=0).stdout)
+    assert plain["tokens"] > 5 * 96 and plain["stride"] == quant["stride"] == 40
+    assert (plain["scoring"], quant["scoring"], quant["chunk"]) == ("windows", "windows in decode order", 8)
+    assert quant["bpb"] == pytest.approx(plain["bpb"], abs=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -221,7 +240,7 @@ def test_bad_specs(lm):
 def _factory(lm, calibrated, tmp_path, spec, residual, sinks, fused=True):
     if spec != "calibrated":
         return kv_cache_factory(spec, lm, residual=residual, sinks=sinks, fused=fused)
-    from tokeff.surgery.kvquant.artifact import write_calibration
+    from tokeff.kvquant.artifact import write_calibration
 
     text = tmp_path / "calibration.txt"
     text.write_text(TEXT)

@@ -10,10 +10,10 @@ from tokeff.core.errors import TokeffError
 from tokeff.core.models import load_model
 from tokeff.decoding import get_method
 from tokeff.decoding.types import DecodeConfig, Prompt
-from tokeff.decoding.kvcache.quantizer import TensorQuantizer, uniform_codebook
-from tokeff.surgery.kvquant.calibrate import calibrate, fit_calibration
-from tokeff.surgery.kvquant.collect import collect
-from tokeff.surgery.kvquant.fit import fit_codebook, key_ranges, outliers_per_token
+from tokeff.kvquant.quantizer import TensorQuantizer, uniform_codebook
+from tokeff.kvquant.calibrate import calibrate, fit_calibration
+from tokeff.kvquant.collect import collect
+from tokeff.kvquant.fit import fit_codebook, key_ranges, outliers_per_token
 
 import tiny_models
 from helpers import run_cli

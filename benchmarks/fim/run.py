@@ -105,7 +105,7 @@ class StopAfterNewline:
 
 
 def token_completion(lm, method: str, text: str, max_new_tokens: int):
-    from tokeff.core.evaluation import prefix_token_id
+    from tokeff.core.scoring import prefix_token_id
     from tokeff.decoding import get_method
     from tokeff.decoding.bytelevel.vocab import ByteVocab
     from tokeff.decoding.sampling import TokenChooser

@@ -159,13 +159,14 @@ def run_model(name: str, args, workdir: Path):
     """Calibration, quality and memory for one model; returns its results and a function that times decoding."""
     from transformers import DynamicCache
 
-    from tokeff.core.evaluation import bits_per_byte, prefix_token_id
+    from tokeff.core.evaluation import bits_per_byte
+    from tokeff.core.scoring import DecodeOrder, prefix_token_id
     from tokeff.core.models import load_model
     from tokeff.core.textio import read_text
-    from tokeff.decoding.kvcache.spec import kv_cache_factory
-    from tokeff.surgery.kvquant.artifact import write_calibration
-    from tokeff.surgery.kvquant.calibrate import fit_calibration
-    from tokeff.surgery.kvquant.collect import collect
+    from tokeff.kvquant.spec import kv_cache_factory
+    from tokeff.kvquant.artifact import write_calibration
+    from tokeff.kvquant.calibrate import fit_calibration
+    from tokeff.kvquant.collect import collect
 
     lm = load_model(name, device="cpu")
     full = read_text(DATA)
@@ -209,8 +210,9 @@ def run_model(name: str, args, workdir: Path):
     rows = []
     for label, factory in configs.items():
         made = []
-        result = bits_per_byte(lm, eval_text, context=args.context, make_cache=lambda: made.append(factory()) or made[-1],
-                               chunk=args.chunk)
+        # stride = context: non-overlapping segments, each from a fresh cache and the boundary token
+        order = DecodeOrder(lambda: made.append(factory()) or made[-1], chunk=args.chunk)
+        result = bits_per_byte(lm, eval_text, context=args.context, stride=args.context, decode_order=order)
         first = made[0]  # the first segment's cache: a whole segment went through it in decode order
         row = {
             "model": name,

@@ -113,7 +113,7 @@ def decode(
         check_vocabulary(key, lm.tokenizer, model)
         config.chooser_factory = chooser_factory(key)
     if kv_quant is not None:
-        from tokeff.decoding.kvcache.spec import kv_cache_factory
+        from tokeff.kvquant.spec import kv_cache_factory
 
         make_cache = kv_cache_factory(kv_quant, lm, residual=kv_residual, sinks=kv_sinks)
         config.cache_factory = lambda _lm: make_cache()

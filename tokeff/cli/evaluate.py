@@ -27,7 +27,8 @@ def bpb(
     model: Models,
     max_bytes: Annotated[int | None, typer.Option(help="Score only the first N bytes.")] = None,
     context: Annotated[int, typer.Option(help="Tokens per window.")] = 1024,
-    stride: Annotated[int | None, typer.Option(help="Tokens between window starts (default: context / 2).")] = None,
+    stride: Annotated[int | None, typer.Option(help="Tokens between window starts (default: context / 2), in decode order too; "
+                                                      "--stride equal to --context scores non-overlapping segments.")] = None,
     method: Annotated[
         str | None,
         typer.Option(help="Score in decode order through a bounded cache (sink, h2o), beside the full cache."),
@@ -91,7 +92,7 @@ def bpb(
     if method is not None:
         if kv_quant is not None:
             raise TokeffError("--method and --kv-quant do not combine in eval bpb")
-        _bounded_bpb(file, model, text, method, context, chunk or 1,
+        _bounded_bpb(file, model, text, method, context, stride, chunk or 1,
                      dict(sinks=sinks, window=window, kv_budget=kv_budget), loader, json)
         return
     if sinks is not None or window is not None or kv_budget is not None:
@@ -101,15 +102,17 @@ def bpb(
     chunk = chunk or 16
     lm = loader.load(model)
     from tokeff.core.evaluation import bits_per_byte  # imports torch: only once the inputs are known good
-    make_cache = None
-    if kv_quant is not None:
-        from tokeff.decoding.kvcache.spec import kv_cache_factory
+    from tokeff.core.scoring import DecodeOrder
 
-        make_cache = kv_cache_factory(kv_quant, lm, residual=kv_residual, sinks=kv_sinks)
-    result = bits_per_byte(lm, text, context=context, stride=stride, make_cache=make_cache, chunk=chunk)
+    order = None
+    if kv_quant is not None:
+        from tokeff.kvquant.spec import kv_cache_factory
+
+        order = DecodeOrder(kv_cache_factory(kv_quant, lm, residual=kv_residual, sinks=kv_sinks), chunk=chunk)
+    result = bits_per_byte(lm, text, context=context, stride=stride, decode_order=order)
     payload = {"model": model, "file": str(file), **result.to_json()}
     if kv_quant is not None:
-        payload.update(kv_quant=kv_quant, kv_residual=kv_residual, kv_sinks=kv_sinks, chunk=chunk)
+        payload.update(kv_quant=kv_quant, kv_residual=kv_residual, kv_sinks=kv_sinks)
     if json:
         console.emit_json(payload)
         return
@@ -122,7 +125,7 @@ def bpb(
 
 
 def _bounded_bpb(
-    file: Path, model: str, text: str, method: str, context: int, chunk: int, options: dict,
+    file: Path, model: str, text: str, method: str, context: int, stride: int | None, chunk: int, options: dict,
     loader: ModelArgs, json: bool,
 ) -> None:
     from tokeff.decoding import get_method
@@ -135,7 +138,7 @@ def _bounded_bpb(
     options = {name: value for name, value in options.items() if value is not None}
     method_cls.resolve_options(options)
     lm = loader.load(model)
-    payload = {"model": model, "file": str(file), **bounded_cache_bpb(method_cls(lm, DecodeConfig(), **options), text, context, chunk).to_json()}
+    payload = {"model": model, "file": str(file), **bounded_cache_bpb(method_cls(lm, DecodeConfig(), **options), text, context, stride, chunk).to_json()}
     if json:
         console.emit_json(payload)
         return

@@ -37,7 +37,7 @@ def calibrate(
     """Collect pre-RoPE keys and values on the text, fit key ranges, outliers and codebooks, write an artifact."""
     from tokeff.core.artifacts import check_output_path
     from tokeff.core.textio import read_text
-    from tokeff.surgery.kvquant import check_bits, check_outliers
+    from tokeff.kvquant import check_bits, check_outliers
 
     check_bits(bits)
     check_outliers(outliers)
@@ -45,7 +45,7 @@ def calibrate(
         raise TokeffError(f"--group must be 'layer' or 'head', got '{group}'")
     check_output_path(output, force)
     read_text(text)  # a bad text fails before the model loads
-    from tokeff.surgery.kvquant.calibrate import calibrate_artifact
+    from tokeff.kvquant.calibrate import calibrate_artifact
 
     result = calibrate_artifact(
         loader.load(model), text, output, bits=bits, outliers=outliers, per_head=group == "head", samples=samples,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,9 @@ from tokeff.core.resolve import first_line, model_folder, tokenizer_folder
 
 if TYPE_CHECKING:  # torch and transformers load only after the argument resolved, so typos fail fast
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from tokeff.core.rope import RotaryTables
 
 
 @dataclass
@@ -30,6 +33,42 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def text_config(self) -> PretrainedConfig:
+        """The decoder's config (multimodal models nest it)."""
+        return self.model.config.get_text_config(decoder=True)
+
+    @property
+    def max_positions(self) -> int | None:
+        """Positions the model was trained for, if its config says."""
+        return getattr(self.text_config, "max_position_embeddings", None) or None
+
+    @property
+    def input_rows(self) -> int:
+        """Rows of the input embedding: the ids the model can read."""
+        return self.model.get_input_embeddings().num_embeddings
+
+    @property
+    def output_rows(self) -> int:
+        """Rows of the output layer: the ids the model can predict."""
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    @cached_property
+    def rotary(self) -> RotaryTables:
+        """The model's rotary tables and frequencies (raises for a model without RoPE)."""
+        from tokeff.core.rope import RotaryTables
+
+        return RotaryTables(self.model)
+
+    def check_context(self, tokens: int, what: str = "--context", minimum: int = 2, within_positions: bool = True) -> int:
+        """The one check of a length the model must hold: `minimum` up to the model's positions (unless a
+        cache renumbers positions, `within_positions=False`)."""
+        limit = self.max_positions if within_positions else None
+        if tokens < minimum or (limit is not None and tokens > limit):
+            bound = f"be in {minimum}..{limit} (the model's positions)" if limit else f"be at least {minimum}"
+            raise TokeffError(f"{what} must {bound}, got {tokens}")
+        return tokens
 
     @property
     def eos_token_ids(self) -> set[int]:

@@ -14,6 +14,7 @@ from transformers import Cache
 from tokeff.core.errors import TokeffError
 from tokeff.core.evaluation import BpbResult, bits_per_byte
 from tokeff.core.models import LoadedModel
+from tokeff.core.scoring import DecodeOrder
 from tokeff.decoding.autoregressive import Autoregressive
 from tokeff.decoding.types import DecodeResult, Prompt, TextCallback, cache_nbytes
 
@@ -23,6 +24,7 @@ class BoundedCacheMethod(Autoregressive):
     cache never grows past its bound plus one chunk."""
 
     lossless = False
+    bounds_positions = False  # whether the cache renumbers positions, so streams may run past the model's
 
     def __init__(self, lm: LoadedModel, config, **options) -> None:
         super().__init__(lm, config, **options)
@@ -46,15 +48,14 @@ class BoundedCacheMethod(Autoregressive):
 
 @dataclass
 class BoundedBpb:
-    """Decode-order bits per byte through a bounded cache beside the full cache on the same segments."""
+    """Decode-order bits per byte through a bounded cache beside the full cache on the same windows."""
 
     method: str
     options: dict[str, Any]
     bounded: BpbResult
     full: BpbResult
-    kv_bytes: int  # the bounded cache at the end of the longest segment
-    full_kv_bytes: int  # a cache holding every position of that segment
-    chunk: int
+    kv_bytes: int  # the bounded cache at the end of the longest window
+    full_kv_bytes: int  # a cache holding every position of that window
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,20 +69,26 @@ class BoundedBpb:
             "bytes": self.bounded.bytes,
             "tokens": self.bounded.tokens,
             "context": self.bounded.context,
+            "stride": self.bounded.stride,
             "full_cache_context": self.full.context,
-            "chunk": self.chunk,
+            "full_cache_stride": self.full.stride,
+            "scoring": self.bounded.to_json()["scoring"],
+            "chunk": self.bounded.chunk,
             "seconds": self.bounded.seconds + self.full.seconds,
         }
 
 
-def bounded_cache_bpb(method: BoundedCacheMethod, text: str, context: int, chunk: int = 1) -> BoundedBpb:
-    """Bits per byte of `text` scored in decode order through the method's cache (segments of `context`
-    tokens, `chunk` tokens per model call), beside the full cache on the same segments, and the memory of both."""
+def bounded_cache_bpb(
+    method: BoundedCacheMethod, text: str, context: int, stride: int | None = None, chunk: int = 1
+) -> BoundedBpb:
+    """Bits per byte of `text` scored in decode order through the method's cache (sliding windows of
+    `context` tokens, `stride` apart, the left context fed in the method's prefill chunks, then `chunk`
+    tokens per model call), beside the full cache on the same windows, and the memory of both."""
     lm = method.lm
     current: list[Cache] = []
     kv_bytes = kept = 0
 
-    def measure() -> None:  # a finished segment's cache: its size (segments are bounded alike)
+    def measure() -> None:  # a finished window's cache: its size (windows are bounded alike)
         nonlocal kv_bytes, kept
         if current:
             kv_bytes = max(kv_bytes, cache_nbytes(current[0]))
@@ -92,14 +99,15 @@ def bounded_cache_bpb(method: BoundedCacheMethod, text: str, context: int, chunk
         current[:] = [method.make_cache(lm)]
         return current[0]
 
+    order = DecodeOrder(make_cache, chunk=chunk, prefill_chunk=method.prefill_chunk,
+                        bounds_positions=method.bounds_positions)
     with method.scoring():
-        bounded = bits_per_byte(lm, text, context=context, make_cache=make_cache, chunk=chunk)
+        bounded = bits_per_byte(lm, text, context=context, stride=stride, decode_order=order)
     measure()
-    # Full attention over the same segments is one causal pass per segment; past the model's positions
-    # it restarts at that limit.
-    limit = lm.model.config.get_text_config().max_position_embeddings or context
-    full_context = min(context, limit)
-    full = bits_per_byte(lm, text, context=full_context, stride=full_context)
-    longest = min(full_context, bounded.tokens + 1)  # positions of the longest segment, boundary token included
+    # Full attention over the same windows is one causal pass per window; windows past the model's
+    # positions shrink to that limit.
+    full_context = min(context, lm.max_positions or context)
+    full = bits_per_byte(lm, text, context=full_context, stride=min(bounded.stride, full_context))
+    longest = min(full_context, bounded.tokens + 1)  # positions of the longest window, boundary token included
     options = {name: value for name, value in method.opts.items() if value is not None}
-    return BoundedBpb(method.name, options, bounded, full, kv_bytes, kv_bytes * longest // kept, chunk)
+    return BoundedBpb(method.name, options, bounded, full, kv_bytes, kv_bytes * longest // kept)

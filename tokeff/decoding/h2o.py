@@ -77,7 +77,7 @@ class HeavyHitterLayer(DynamicLayer):
 class HeavyHitterCache(Cache):
     def __init__(self, lm: LoadedModel, budget: int, recent: int) -> None:
         _install_attention_hooks(lm.model)
-        layers = lm.model.config.get_text_config().num_hidden_layers
+        layers = lm.text_config.num_hidden_layers
         super().__init__(layers=[HeavyHitterLayer(budget, recent) for _ in range(layers)])
 
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import torch
 
-from tokeff.core.evaluation import prefix_token_id
+from tokeff.core.scoring import prefix_token_id
 from tokeff.decoding.autoregressive import Autoregressive
 from tokeff.decoding.bytelevel.vocab import ByteVocab
 from tokeff.decoding.registry import register

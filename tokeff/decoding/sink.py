@@ -15,37 +15,11 @@ import torch
 from transformers import Cache
 from transformers.cache_utils import DynamicLayer
 
-from tokeff.core.errors import TokeffError
 from tokeff.core.models import LoadedModel
 from tokeff.core.options import Option
+from tokeff.core.rope import shift_keys
 from tokeff.decoding.bounded import BoundedCacheMethod
 from tokeff.decoding.registry import register
-
-
-def rope_inv_freq(model, layer_idx: int) -> torch.Tensor:
-    """The rotary inverse frequencies a layer's keys were rotated with (Gemma 3 keeps one set per layer type)."""
-    rotary = getattr(model.get_decoder(), "rotary_emb", None)
-    layer_types = getattr(model.config.get_text_config(), "layer_types", None)
-    inv_freq = None
-    if rotary is not None and layer_types:
-        inv_freq = getattr(rotary, f"{layer_types[layer_idx]}_inv_freq", None)
-    if rotary is not None and inv_freq is None:
-        inv_freq = getattr(rotary, "inv_freq", None)
-    if inv_freq is None:
-        raise TokeffError("--method sink needs a model with rotary position embeddings")
-    return inv_freq.float()
-
-
-def rotate_keys(keys: torch.Tensor, inv_freq: torch.Tensor, shift: int) -> torch.Tensor:
-    """Keys rotated by RoPE at position p, moved to p + shift (the rotate-half layout of Llama and Gemma)."""
-    angles = shift * inv_freq.to(keys.device)
-    cos, sin = torch.cat([angles.cos()] * 2), torch.cat([angles.sin()] * 2)
-    rotary_dim = cos.shape[0]  # models with partial rotary rotate only the leading dimensions
-    rotated, rest = keys[..., :rotary_dim].float(), keys[..., rotary_dim:]
-    half = rotary_dim // 2
-    rotated_half = torch.cat([-rotated[..., half:], rotated[..., :half]], dim=-1)
-    moved = (rotated * cos + rotated_half * sin).to(keys.dtype)
-    return torch.cat([moved, rest], dim=-1) if rest.shape[-1] else moved
 
 
 class SinkLayer(DynamicLayer):
@@ -61,19 +35,20 @@ class SinkLayer(DynamicLayer):
         if evict > 0:
             # Attention in this call sees every position; the cache keeps only the bound for later calls.
             kept = slice(self.sinks + evict, None)
-            self.keys = torch.cat([keys[..., : self.sinks, :], rotate_keys(keys[..., kept, :], self.inv_freq, -evict)], -2)
+            self.keys = torch.cat([keys[..., : self.sinks, :], shift_keys(keys[..., kept, :], self.inv_freq, -evict)], -2)
             self.values = torch.cat([values[..., : self.sinks, :], values[..., kept, :]], dim=-2)
         return keys, values
 
 
 class SinkCache(Cache):
     def __init__(self, lm: LoadedModel, sinks: int, window: int) -> None:
-        layers = lm.model.config.get_text_config().num_hidden_layers
-        super().__init__(layers=[SinkLayer(sinks, window, rope_inv_freq(lm.model, i)) for i in range(layers)])
+        layers = lm.text_config.num_hidden_layers
+        super().__init__(layers=[SinkLayer(sinks, window, lm.rotary.inv_freq(i)) for i in range(layers)])
 
 
 @register
 class AttentionSinks(BoundedCacheMethod):
+    bounds_positions = True  # kept keys are rotated back: positions stay below sinks + window + one chunk
     name = "sink"
     summary = "StreamingLLM: attention sinks plus a window of recent tokens, for streams past the context (lossy)"
     options = (
@@ -84,12 +59,7 @@ class AttentionSinks(BoundedCacheMethod):
     def __init__(self, lm, config, **options: Any) -> None:
         super().__init__(lm, config, **options)
         sinks, window = self.opts["sinks"], self.opts["window"]
-        limit = lm.model.config.get_text_config().max_position_embeddings
-        if limit and sinks + 2 * window > limit:
-            raise TokeffError(
-                f"--sinks {sinks} plus twice --window {window} (the cache and one prompt chunk) exceeds "
-                f"the model's {limit} positions"
-            )
+        lm.check_context(sinks + 2 * window, what="--sinks plus twice --window (the cache and one prompt chunk)")
         self.prefill_chunk = window
 
     def make_cache(self, lm: LoadedModel) -> Cache:

@@ -11,7 +11,6 @@ like `Ġword` or `▁word`); special tokens (bos, eos, pad, chat markers) have n
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cache

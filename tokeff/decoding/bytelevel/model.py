@@ -44,7 +44,7 @@ import torch
 from transformers import DynamicCache
 
 from tokeff.core.errors import TokeffError
-from tokeff.core.evaluation import prefix_token_id
+from tokeff.core.scoring import prefix_token_id
 from tokeff.core.models import LoadedModel
 from tokeff.decoding.bytelevel.prefixes import Path, PrefixTokenizer
 from tokeff.decoding.bytelevel.utf8 import allowed_next, partial_start

@@ -24,7 +24,7 @@ from tokeff.core import console
 from tokeff.core.artifacts import ArtifactWriter, check_output_path
 from tokeff.core.device import DTYPE_NAMES, resolve_device
 from tokeff.core.errors import TokeffError
-from tokeff.core.evaluation import adds_bos
+from tokeff.core.scoring import adds_bos
 from tokeff.core.models import load_model, load_tokenizer
 from tokeff.core.resolve import model_folder
 from tokeff.surgery.transplant.checkpoint import Checkpoint, EmbeddingLayout, embedding_layout
@@ -262,7 +262,7 @@ def _evaluate(base: str, folder: Path, options: TransplantOptions, match: VocabM
     text = read_text(options.eval_text)
     base_lm = load_model(base, device=str(device))
     new_lm = load_model(str(folder), device=str(device))  # stock from_pretrained: proves the output loads
-    limit = min(lm.model.config.get_text_config().max_position_embeddings or 1024 for lm in (base_lm, new_lm))
+    limit = min(lm.max_positions or 1024 for lm in (base_lm, new_lm))
     report = quality_report(base_lm, new_lm, text, match.estimated_ids, options.eval_context or min(1024, limit))
     report["file"] = str(options.eval_text)
     console.info(summarize(report))

@@ -24,7 +24,7 @@ import torch
 
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
-from tokeff.core.evaluation import prefix_token_id
+from tokeff.core.scoring import prefix_token_id
 from tokeff.core.models import LoadedModel
 
 SCALES = tuple(i / 20 for i in range(1, 21))  # 0.05, ..., 1 (0 would be --method zero)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from tokeff.core.errors import TokeffError
-from tokeff.core.evaluation import prefix_token_id
+from tokeff.core.scoring import prefix_token_id
 from tokeff.core.models import LoadedModel
 from tokeff.tokenizers_tools.dynamic.merging import DynamicVocab
 

@@ -17,17 +17,15 @@ The merge table itself is information taken from the text: sending it costs abou
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
-from tokeff.core.evaluation import prefix_token_id
 from tokeff.core.models import LoadedModel
+from tokeff.core.scoring import TokenScores, score_tokens
 from tokeff.tokenizers_tools.canonical import vocab_bytes
 from tokeff.tokenizers_tools.dynamic.merging import DynamicVocab, merge_batch
 from tokeff.tokenizers_tools.dynamic.model import EMBEDDING_SCHEMES, DynamicModel
@@ -85,19 +83,14 @@ def evaluate_dynamic(
     each asked number of merges (the model's own tokenization is scored once)."""
     if not merge_counts or min(merge_counts) < 1:
         raise TokeffError(f"--merges must be >= 1, got {list(merge_counts)}")
-    if context < 3:
-        raise TokeffError(f"--context must be at least 3, got {context}")
-    limit = lm.model.config.get_text_config().max_position_embeddings
-    if limit and context > limit:
-        raise TokeffError(f"--context {context} exceeds the model's {limit} positions")
+    lm.check_context(context, minimum=3)
     if prefill is not None and not 0 < prefill < 1:
         raise TokeffError(f"--prefill must be a fraction in (0, 1), got {prefill}")
     if embedding not in EMBEDDING_SCHEMES:
         raise TokeffError(f"unknown embedding scheme '{embedding}' (use {', '.join(EMBEDDING_SCHEMES)})")
     segments = segments_of(lm, text, context)
     vocab = vocab_bytes(lm.tokenizer)
-    base_size = lm.model.get_input_embeddings().num_embeddings
-    prefix = prefix_token_id(lm)
+    base_size = lm.input_rows
     cuts = [len(segment) if prefill is None else max(1, round(prefill * len(segment))) for segment in segments]
     scored = [segment if prefill is None else segment[cut:] for segment, cut in zip(segments, cuts)]
     scored_bytes = sum(len(vocab.token_bytes[token] or b"") for tokens in scored for token in tokens)
@@ -105,13 +98,13 @@ def evaluate_dynamic(
         raise TokeffError("nothing to score: the text is too short for --prefill")
     bits = 1 / math.log(2) / scored_bytes
 
-    base_nll: list[torch.Tensor] = []  # per segment, nats per scored token
-    base_seconds = 0.0
-    for segment, targets in console.track(list(zip(segments, scored)), "scoring the model's own tokens"):
-        logits, seconds = _timed_logits(lm, input_ids=_ids(lm, [prefix] + segment))
-        base_seconds += seconds
-        base_nll.append(_nll(logits[len(segment) - len(targets) :], targets))
+    base = [
+        _score_segment(lm, segment, len(segment) - len(targets))
+        for segment, targets in console.track(list(zip(segments, scored)), "scoring the model's own tokens")
+    ]
+    base_nll = [scores.token_nll[len(scores.token_ids) - len(targets) :] for scores, targets in zip(base, scored)]
     base_total = float(sum(float(nll.sum()) for nll in base_nll))
+    base_seconds = sum(scores.seconds for scores in base)
 
     reports = []
     prompts = [segment[:cut] for segment, cut in zip(segments, cuts)]
@@ -122,16 +115,13 @@ def evaluate_dynamic(
         for merged_prompt, rest, own_nll in console.track(
             list(zip(merged, scored, base_nll)), f"scoring with {len(dynamic_vocab)} merges"
         ):
-            rest = [] if prefill is None else rest
-            logits, seconds = _timed_logits(lm, inputs_embeds=model.inputs_embeds([prefix] + merged_prompt + rest))
-            dynamic_seconds += seconds
-            if prefill is None:
-                targets = torch.tensor(merged_prompt, device=logits.device)
-                nll = -model.head.target_log_probs(logits, targets).double().cpu()
-                new_change += _change_on_new_tokens(nll, merged_prompt, own_nll, dynamic_vocab)
-            else:  # the logits at the prompt's last token predict rest[0]; no new token is ever a target
-                nll = _nll(logits[len(merged_prompt) :], rest)
-            dynamic_nll += float(nll.sum())
+            if prefill is None:  # every token, new ones included, scored through the extended output layer
+                scores = _score_segment(lm, merged_prompt, 0, model.inputs_embeds, model.head.target_log_probs)
+                new_change += _change_on_new_tokens(scores.token_nll, merged_prompt, own_nll, dynamic_vocab)
+            else:  # the merged prompt is context; no new token is ever a target
+                scores = _score_segment(lm, merged_prompt + rest, len(merged_prompt), model.inputs_embeds)
+            dynamic_seconds += scores.seconds
+            dynamic_nll += float(scores.token_nll.sum())
         table_bits = len(dynamic_vocab) * 2 * math.log2(base_size + len(dynamic_vocab))
         reports.append(
             DynamicReport(
@@ -152,22 +142,10 @@ def evaluate_dynamic(
     return reports
 
 
-def _ids(lm: LoadedModel, ids: list[int]) -> torch.Tensor:
-    return torch.tensor([ids], dtype=torch.long, device=lm.device)
-
-
-@torch.inference_mode()
-def _timed_logits(lm: LoadedModel, **inputs: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Next-token logits at every position but the last (which predicts past the segment), and the seconds."""
-    started = time.perf_counter()
-    logits = lm.model(**inputs).logits[0, :-1]
-    return logits.float(), time.perf_counter() - started
-
-
-def _nll(logits: torch.Tensor, targets: list[int]) -> torch.Tensor:
-    """Negative log-likelihood (nats, float64, CPU) of each target under the first len(targets) rows of `logits`."""
-    target = torch.tensor(targets, device=logits.device)
-    return F.cross_entropy(logits[: len(targets)], target, reduction="none").double().cpu()
+def _score_segment(lm: LoadedModel, ids: list[int], first_scored: int, embed=None, log_probs=None) -> TokenScores:
+    """One segment in one window (the boundary token, then `ids`), scored from `first_scored` on."""
+    return score_tokens(lm, ids, context=len(ids) + 1, first_scored=first_scored, embed=embed, log_probs=log_probs,
+                        label=None)
 
 
 def _change_on_new_tokens(nll: torch.Tensor, merged: list[int], own_nll: torch.Tensor, vocab: DynamicVocab) -> float:

@@ -34,7 +34,6 @@ from tokeff.core.errors import TokeffError
 from tokeff.core.options import Option
 from tokeff.decoding.sampling import TokenChooser
 from tokeff.decoding.types import DecodeConfig
-from tokeff.decoding.watermark.keys import WatermarkKey
 from tokeff.decoding.watermark.scheme import MIN_TOKENS, RUNS, SCHEMES, Score, WatermarkScheme, null_seed
 
 MULTIPLIER = np.uint64(6364136223846793005)  # transformers' `accumulate_hash` (newlib/musl LCG)

@@ -20,9 +20,9 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer, get_layer_types_and_kwargs
 
 from tokeff.core.errors import TokeffError
-from tokeff.decoding.kvcache.attention import PackedBody, tag
-from tokeff.decoding.kvcache.quantizer import KVQuantizer, PackedTensor
-from tokeff.decoding.kvcache.rope import RotaryTables
+from tokeff.kvquant.attention import PackedBody, tag
+from tokeff.kvquant.quantizer import KVQuantizer, PackedTensor
+from tokeff.core.rope import RotaryTables
 
 
 class QuantizedKVLayer(DynamicLayer):

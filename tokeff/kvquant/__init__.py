@@ -1,5 +1,8 @@
-"""KV-cache calibration (KVQuant): pre-RoPE key ranges, outlier thresholds and per-layer
-non-uniform codebooks fitted on calibration text, written as a `kvquant` artifact.
+"""KV-cache quantization, one package: what `--kv-quant` names (`spec`), the quantizers
+(`quantizer`), the quantized cache (`cache`) and the attention that reads its codes (`attention`),
+and calibration (KVQuant: pre-RoPE key ranges, outlier thresholds and per-layer non-uniform
+codebooks fitted on calibration text; `collect`, `fit`, `calibrate`), written as a `kvquant`
+artifact (`artifact`). Decode methods import this package; it imports no decode method.
 
 The argument checks live here, free of torch, so the command line rejects bad values at once.
 """

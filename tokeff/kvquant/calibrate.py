@@ -10,15 +10,14 @@ import torch
 
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
-from tokeff.core.evaluation import prefix_token_id
+from tokeff.core.scoring import prefix_token_id
 from tokeff.core.models import LoadedModel
-from tokeff.decoding.kvcache.quantizer import TensorQuantizer, uniform_codebook
-from tokeff.decoding.kvcache.rope import RotaryTables
-from tokeff.decoding.kvcache.spec import uniform_quantizers
-from tokeff.surgery.kvquant import check_bits, check_outliers
-from tokeff.surgery.kvquant.artifact import KVCalibration, write_calibration
-from tokeff.surgery.kvquant.collect import Activations, collect
-from tokeff.surgery.kvquant.fit import fit_codebook, key_ranges, outliers_per_token
+from tokeff.kvquant.quantizer import TensorQuantizer, uniform_codebook
+from tokeff.kvquant.spec import uniform_quantizers
+from tokeff.kvquant import check_bits, check_outliers
+from tokeff.kvquant.artifact import KVCalibration, write_calibration
+from tokeff.kvquant.collect import Activations, collect
+from tokeff.kvquant.fit import fit_codebook, key_ranges, outliers_per_token
 
 MIN_CONTEXT = 16
 
@@ -46,9 +45,7 @@ def calibrate(
     check_outliers(outliers)
     if samples < 1:
         raise TokeffError(f"--samples must be >= 1, got {samples}")
-    limit = lm.model.config.get_text_config(decoder=True).max_position_embeddings
-    if not MIN_CONTEXT <= context <= (limit or context):
-        raise TokeffError(f"--context must be in {MIN_CONTEXT}..{limit}, got {context}")
+    lm.check_context(context, minimum=MIN_CONTEXT)
     started = time.perf_counter()
     ids = lm.encode_plain(text)
     per = context - 1
@@ -112,7 +109,7 @@ def heldout_errors(lm: LoadedModel, calibration: KVCalibration, sequence: list[i
     """Relative squared error ||x - q(x)||^2 / ||x||^2 of keys and values, averaged over layers, for the
     calibrated quantizer and for the uniform (KIVI) one at the same bits, on text not used to fit."""
     acts: Activations = collect(lm, [sequence], sensitivity=False)
-    rope = RotaryTables(lm.model)
+    rope = lm.rotary
     calibrated = calibration.quantizers()
     uniform = uniform_quantizers(len(calibrated), calibration.bits)
     errors = {"key_error": [], "value_error": [], "uniform_key_error": [], "uniform_value_error": []}

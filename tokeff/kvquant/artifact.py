@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tokeff.core.errors import TokeffError
-from tokeff.decoding.kvcache.quantizer import KVQuantizer, TensorQuantizer
+from tokeff.kvquant.quantizer import KVQuantizer, TensorQuantizer
 
 if TYPE_CHECKING:
     from tokeff.core.artifacts import ArtifactWriter, Manifest

@@ -17,7 +17,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from tokeff.core import console
 from tokeff.core.models import LoadedModel
-from tokeff.decoding.kvcache.rope import RotaryTables
+from tokeff.core.rope import RotaryTables
 
 
 @dataclass
@@ -64,8 +64,8 @@ def collect(lm: LoadedModel, sequences: list[list[int]], sensitivity: bool) -> A
     """Keys and values of every layer for each sequence (its first token, the boundary token, left out:
     it stays in full precision as an attention sink)."""
     model = lm.model
-    n_layers = model.config.get_text_config(decoder=True).num_hidden_layers
-    rope = RotaryTables(model)
+    n_layers = lm.text_config.num_hidden_layers
+    rope = lm.rotary
     acts = Activations(keys=[[] for _ in range(n_layers)], values=[[] for _ in range(n_layers)])
     if sensitivity:
         acts.key_weights = [[] for _ in range(n_layers)]

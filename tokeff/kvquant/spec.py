@@ -8,11 +8,10 @@ from pathlib import Path
 
 from tokeff.core.errors import TokeffError
 from tokeff.core.models import LoadedModel
-from tokeff.decoding.kvcache.attention import install as install_packed_attention
-from tokeff.decoding.kvcache.cache import QuantizedKVCache
-from tokeff.decoding.kvcache.quantizer import KVQuantizer, TensorQuantizer, uniform_codebook
-from tokeff.decoding.kvcache.rope import RotaryTables
-from tokeff.surgery.kvquant import check_bits
+from tokeff.kvquant.attention import install as install_packed_attention
+from tokeff.kvquant.cache import QuantizedKVCache
+from tokeff.kvquant.quantizer import KVQuantizer, TensorQuantizer, uniform_codebook
+from tokeff.kvquant import check_bits
 
 KIVI_GROUP = 32  # tokens sharing a per-channel key range, as in KIVI
 DEFAULT_RESIDUAL = 128
@@ -49,11 +48,12 @@ def kv_cache_factory(
         quantizers = uniform_quantizers(config.num_hidden_layers, check_bits(int(bits)))
         rope = None
     else:
-        from tokeff.surgery.kvquant.artifact import load_calibration
+        from tokeff.kvquant.artifact import load_calibration
 
         if not Path(spec).exists():
             raise TokeffError(f"--kv-quant {spec}: no such artifact (give a `tokeff kvquant calibrate` output or uniform:BITS)")
         quantizers = load_calibration(spec, lm).quantizers()
-        rope = RotaryTables(lm.model)
+        rope = lm.rotary
+        rope.check_tables()
     fused = fused and install_packed_attention(lm.model)
     return lambda: QuantizedKVCache(lm.model.config, quantizers, rope, residual=residual, sinks=sinks, fused=fused)

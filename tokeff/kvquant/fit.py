@@ -10,7 +10,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
-from tokeff.decoding.kvcache.quantizer import TensorQuantizer
+from tokeff.kvquant.quantizer import TensorQuantizer
 
 # k-means on more points barely moves 16 centroids but costs time; a seeded subsample is plenty.
 MAX_KMEANS_POINTS = 100_000

@@ -164,7 +164,9 @@ def test_fused_attention_equals_attention_over_the_dequantized_buffer(family, sp
                 piece = torch.tensor([ids[start : start + chunk]])
                 a = lm.model(piece, past_key_values=fused, use_cache=True).logits
                 b = lm.model(piece, past_key_values=buffered, use_cache=True).logits
-                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+                # 1e-3: on this machine's stack the calibrated tiny Llama differs by up to 4.3e-4 (float32
+                # summation order of the blockwise softmax); a wrong merge (log-denominator off by 0.5) is far larger.
+                torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
         assert fused.layers[1].packed_tokens > 32  # the packed body really was attended
 
 

@@ -30,7 +30,7 @@ class DecodeMethod(ABC):
     @classmethod
     def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
         """Every option's value, the given ones checked against their specs (callable before any model loads)."""
-        return resolve(cls.options, given, f"--method {cls.name}")
+        return resolve(cls.options, given, f"--method {getattr(cls, 'name', cls.__name__)}")  # bases run inside other methods
 
     @abstractmethod
     def generate(self, prompt: Prompt, on_text: TextCallback | None = None) -> DecodeResult:

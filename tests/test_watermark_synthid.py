@@ -2,8 +2,6 @@
 
 import numpy as np
 import pytest
-
-from helpers import run_cli
 import torch
 from scipy.stats import kstest
 from transformers.generation.logits_process import SynthIDTextWatermarkLogitsProcessor
@@ -15,6 +13,8 @@ from tokeff.decoding.watermark.detection import detect_tokens
 from tokeff.decoding.watermark.generation import chooser_factory, generate_texts
 from tokeff.decoding.watermark.keys import make_key
 from tokeff.decoding.watermark.schemes import synthid
+
+from helpers import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

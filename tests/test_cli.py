@@ -7,6 +7,29 @@ import pytest
 from helpers import run_cli
 
 
+def test_top_level_help_lists_every_command_without_importing_any():
+    """`tokeff --help` must stay fast: no command module, so no torch, is imported to list them."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, contextlib, io; from tokeff.cli.app import COMMANDS, main; sys.argv = ['tokeff', '--help']\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit): main()\n"
+        "assert all(name in out.getvalue() for name in COMMANDS), out.getvalue()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers') or m.startswith('tokeff.cli.')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "['tokeff.cli.app']"
+
+
+def test_every_listed_command_builds_and_shows_its_help():
+    from tokeff.cli.app import COMMANDS
+
+    for name in COMMANDS:
+        assert f"tokeff {name} [OPTIONS]" in " ".join(run_cli(name, "--help", check=0).stdout.split())
+
+
 def test_help_and_methods():
     assert "decode" in run_cli("--help", check=0).stdout
     listed = run_cli("decode", "--list-methods", "--model", "x", check=0).stdout

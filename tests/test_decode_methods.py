@@ -357,7 +357,7 @@ def test_cli_eval_bpb_through_a_bounded_cache(tiny_gemma_dir, tmp_path):
     assert payload["method"] == "sink" and payload["window"] == 24 and payload["kv_bytes"] < payload["full_cache_kv_bytes"]
     assert payload["bpb_increase"] == pytest.approx(payload["bpb"] - payload["full_cache_bpb"])
     assert "does not bound the cache" in run_cli(*args, "--method", "lookup", check=1).stderr
-    assert "apply only with --method" in run_cli(*args, "--window", 8, check=1).stderr
+    assert "--window applies only with --method" in run_cli(*args, "--window", 8, check=1).stderr
 
 
 @pytest.mark.slow

@@ -1,44 +1,91 @@
-"""Entry point: assembles the command groups and turns errors into one-line messages and exit codes."""
+"""Entry point: the command table (each command's module imported only when it runs, so `tokeff --help`
+and every command start without loading the others' libraries), errors as one-line messages and exit codes."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
+import click
 import typer
+from typer.core import TyperGroup
 
-from tokeff.cli import artifacts, decode, dynamic, ensemble, evaluate, kvquant, models, tokenizer, transplant, watermark
 from tokeff.core import interrupt
 from tokeff.core.errors import TokeffError
 
+# name: (module in tokeff.cli, attribute: a Typer group or a command function, one-line help for listings)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "inspect": ("artifacts", "inspect", "Show an artifact's manifest: what made it, from what, with which parameters and results."),
+    "verify": ("artifacts", "verify", "Recompute hashes and check shapes; exit 1 with the first problem if anything is off."),
+    "decode": ("decode", "decode", "Stream a continuation with any decode method (`tokeff decode --list-methods`)."),
+    "transplant": ("transplant", "transplant", "Give a model another model's tokenizer: new tokens' rows estimated from shared ones."),
+    "ensemble": ("ensemble", "ensemble", "Generate from models with different vocabularies, combined byte by byte."),
+    "dynamic": ("dynamic", "dynamic", "Dynamic tokenization of a text batch: length reduction and bits-per-byte cost."),
+    "models": ("models", "app", "List, install and describe models."),
+    "eval": ("evaluate", "app", "Measure models."),
+    "watermark": ("watermark", "app", "Watermark generated text and detect it."),
+    "kvquant": ("kvquant", "app", "Calibrated KV-cache quantization (KVQuant)."),
+    "tokenizer": ("tokenizer", "app", "Train and compare tokenizers."),
+}
+
+
+class LazyCommands(TyperGroup):
+    """A group that builds a command from its module only when that command is looked up to run.
+
+    Listing the commands in `--help` uses the table's one-line help instead, so it imports nothing.
+    """
+
+    _listing = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attribute, summary = COMMANDS[name]
+        if self._listing:
+            return click.Command(name, short_help=summary)
+        target = getattr(importlib.import_module(f"tokeff.cli.{module}"), attribute)
+        if isinstance(target, typer.Typer):
+            command = typer.main.get_group(target)  # a group even with one subcommand (`eval bpb`)
+        else:
+            single = typer.Typer(add_completion=False)
+            single.command(name)(target)
+            command = typer.main.get_command(single)
+        command.name = name
+        return command
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
 app = typer.Typer(
     name="tokeff",
-    help="Model-surgery and tokenizer utilities for language models.",
+    cls=LazyCommands,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.add_typer(models.app, name="models")
-app.add_typer(evaluate.app, name="eval")
-app.add_typer(watermark.app, name="watermark")
-app.add_typer(kvquant.app, name="kvquant")
-app.command("inspect")(artifacts.inspect)
-app.command("verify")(artifacts.verify)
-app.command("decode")(decode.decode)
-app.command("transplant")(transplant.transplant)
-app.command("ensemble")(ensemble.ensemble)
-app.add_typer(tokenizer.app, name="tokenizer")
-app.command("dynamic")(dynamic.dynamic)
+
+
+@app.callback()
+def tokeff() -> None:
+    """Model-surgery and tokenizer utilities for language models."""
 
 
 def _quiet_libraries() -> None:
-    """Library warnings and tqdm bars would bury tokeff's own stderr output."""
+    """Library warnings and tqdm bars would bury tokeff's own stderr output (environment variables, read
+    when transformers and huggingface_hub are imported, so that nothing is imported here)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _fail(message: str, code: int) -> None:

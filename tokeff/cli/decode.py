@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from tokeff.cli.options import (
-    Json, KvBudget, KvQuant, KvResidual, KvSinks, Model, ModelArgs, Sinks, Window, with_model_args,
-)
+from tokeff.cli.options import Json, KvQuant, KvResidual, KvSinks, Model, ModelArgs, with_model_args
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
+from tokeff.core.options import cli_parameters, with_cli_parameters
+from tokeff.decoding.registry import METHODS
 
 
 @with_model_args
+@with_cli_parameters(cli_parameters({name: cls.options for name, cls in METHODS.items()}, "method"))
 def decode(
     model: Model,
     prompt: Annotated[str | None, typer.Option(help="Prompt text.")] = None,
@@ -29,35 +30,17 @@ def decode(
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the tokenizer's chat template.")] = False,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past end-of-sequence.")] = False,
     list_methods: Annotated[bool, typer.Option("--list-methods", help="List decode methods and exit.")] = False,
-    draft: Annotated[str | None, typer.Option(help="speculative: the draft model (any tokenizer).")] = None,
-    draft_tokens: Annotated[
-        int | None, typer.Option(help="lookup, speculative: draft tokens per step (default: adaptive).")
-    ] = None,
-    ngram: Annotated[int | None, typer.Option(help="lookup: longest n-gram matched (default 3).")] = None,
-    tree_size: Annotated[
-        int | None, typer.Option(help="recycle: draft-tree nodes per step (default: adaptive to this machine).")
-    ] = None,
-    sinks: Sinks = None,
-    window: Window = None,
-    kv_budget: KvBudget = None,
     watermark: Annotated[Path | None, typer.Option(help="Watermark the text with this key (`tokeff watermark keygen`).")] = None,
     kv_quant: KvQuant = None,
     kv_residual: KvResidual = 128,
     kv_sinks: KvSinks = 1,
-    merges: Annotated[int | None, typer.Option(help="dynamic: most merges added per prompt (default 256).")] = None,
-    across_words: Annotated[
-        bool, typer.Option("--across-words", help="dynamic: let merges cross word boundaries.")
-    ] = False,
-    embedding: Annotated[
-        str | None, typer.Option(help="dynamic: a merged token's input embedding from its pieces: mean or last.")
-    ] = None,
-    min_count: Annotated[int | None, typer.Option(help="dynamic: merge only pairs seen this often (default 2).")] = None,
     assignments: Annotated[
         list[str] | None,
         typer.Option("-o", "--option", help="KEY=VALUE: any option of the method (see --list-methods); repeatable."),
     ] = None,
     loader: ModelArgs = ModelArgs(),
     json: Json = False,
+    **method_options: Any,
 ) -> None:
     """Stream a continuation to stdout; statistics go to stderr (or into the --json object)."""
     from tokeff.core.options import describe, parse_assignments
@@ -86,15 +69,8 @@ def decode(
         seed=seed,
         stop_at_eos=not ignore_eos,
     )
-    options = {
-        name: value
-        for name, value in dict(
-            draft=draft, draft_tokens=draft_tokens, ngram=ngram, tree_size=tree_size, sinks=sinks, window=window,
-            kv_budget=kv_budget, merges=merges, across_words=across_words or None, embedding=embedding,
-            min_count=min_count,
-        ).items()
-        if value is not None  # only the flags given, so one that does not apply to the method is an error
-    }
+    # only the flags given, so one that does not apply to the method is an error
+    options = {name: value for name, value in method_options.items() if value is not None}
     assigned = parse_assignments(assignments or [], method_cls.options)
     twice = sorted(set(assigned) & set(options))
     if twice:
@@ -117,8 +93,8 @@ def decode(
 
         make_cache = kv_cache_factory(kv_quant, lm, residual=kv_residual, sinks=kv_sinks)
         config.cache_factory = lambda _lm: make_cache()
-    if draft is not None:
-        options["draft"] = loader.load(draft)
+    if options.get("draft") is not None:
+        options["draft"] = loader.load(options["draft"])
     decoder = method_cls(lm, config, **options)
     stream = None if json else _write_stdout
     result = decoder.generate(Prompt.from_text(lm, text, chat=chat), on_text=stream)

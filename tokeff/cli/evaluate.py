@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from tokeff.cli import corpus
 from tokeff.cli.options import (
-    EnsembleMode, EnsembleWeights, Force, Json, KvBudget, KvQuant, KvResidual, KvSinks, ModelArgs, Models, Sinks,
-    Window, with_model_args,
+    EnsembleMode, EnsembleWeights, Force, Json, KvQuant, KvResidual, KvSinks, ModelArgs, Models, with_model_args,
 )
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
+from tokeff.core.options import cli_parameters, with_cli_parameters
 from tokeff.core.weights import ensemble_weights
 
 app = typer.Typer(help="Measure models.", no_args_is_help=True)
 
 
+def _bounded_methods() -> dict:
+    """The decode methods that bound the KV cache (sink, h2o): `--method` here, with their option flags."""
+    from tokeff.decoding.bounded import BoundedCacheMethod
+    from tokeff.decoding.registry import METHODS
+
+    return {name: cls for name, cls in METHODS.items() if issubclass(cls, BoundedCacheMethod)}
+
+
 @app.command()
 @with_model_args
+@with_cli_parameters(cli_parameters({name: cls.options for name, cls in _bounded_methods().items()}, "method"))
 def bpb(
     files: Annotated[list[Path], typer.Argument(help="UTF-8 text to score (with -o: a corpus of files, folders, globs, JSONL, Parquet).")],
     model: Models,
@@ -33,9 +42,6 @@ def bpb(
         str | None,
         typer.Option(help="Score in decode order through a bounded cache (sink, h2o), beside the full cache."),
     ] = None,
-    sinks: Sinks = None,
-    window: Window = None,
-    kv_budget: KvBudget = None,
     kv_quant: KvQuant = None,
     kv_residual: KvResidual = 128,
     kv_sinks: KvSinks = 1,
@@ -60,6 +66,7 @@ def bpb(
     resume: corpus.Resume = False,
     force: Force = False,
     fail_on_error: corpus.FailOnError = False,
+    **bounded: Any,
 ) -> None:
     """Bits per byte: token negative log-likelihoods summed, over the text's UTF-8 bytes (sliding window).
 
@@ -92,11 +99,11 @@ def bpb(
     if method is not None:
         if kv_quant is not None:
             raise TokeffError("--method and --kv-quant do not combine in eval bpb")
-        _bounded_bpb(file, model, text, method, context, stride, chunk or 1,
-                     dict(sinks=sinks, window=window, kv_budget=kv_budget), loader, json)
+        _bounded_bpb(file, model, text, method, context, stride, chunk or 1, bounded, loader, json)
         return
-    if sinks is not None or window is not None or kv_budget is not None:
-        raise TokeffError("--sinks, --window and --kv-budget apply only with --method")
+    given = [name for name, value in bounded.items() if value is not None]
+    if given:
+        raise TokeffError(f"--{given[0].replace('_', '-')} applies only with --method")
     if chunk is not None and kv_quant is None:
         raise TokeffError("--chunk applies only with --method or --kv-quant")
     chunk = chunk or 16

@@ -34,14 +34,6 @@ KvQuant = Annotated[
 ]
 KvResidual = Annotated[int, typer.Option(help="With --kv-quant: recent tokens kept in full precision.")]
 KvSinks = Annotated[int, typer.Option(help="With --kv-quant: first tokens kept in full precision (attention sinks).")]
-# Bounded KV caches (`tokeff decode --method sink|h2o`, `tokeff eval bpb --method sink|h2o`).
-Sinks = Annotated[int | None, typer.Option(help="sink: attention-sink tokens kept (default 4).")]
-Window = Annotated[
-    int | None, typer.Option(help="sink: recent tokens kept (default 1020); h2o: recent part of the budget.")
-]
-KvBudget = Annotated[int | None, typer.Option(help="h2o: positions kept per layer and head (default 512).")]
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelArgs:
     """How to load models: --device, --dtype and --trust-remote-code, declared once for every command.
@@ -65,15 +57,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def with_model_args(command: F) -> F:
     """Expose `command`'s `ModelArgs` parameter to Typer as the shared flags (see `ModelArgs`)."""
-    hints = get_type_hints(command, include_extras=True)
-    name = next(key for key, hint in hints.items() if hint is ModelArgs)
+    # eval_str: real types, including flags generated from option specs (`with_cli_parameters`)
+    signature = inspect.signature(command, eval_str=True)
+    name = next(key for key, parameter in signature.parameters.items() if parameter.annotation is ModelArgs)
     field_hints = get_type_hints(ModelArgs, include_extras=True)
     fields = [field.name for field in dataclasses.fields(ModelArgs)]
     keyword = inspect.Parameter.KEYWORD_ONLY  # Typer passes every parameter by name
     parameters = [
-        parameter.replace(kind=keyword, annotation=hints[parameter.name])
-        for parameter in inspect.signature(command).parameters.values()
-        if parameter.name != name
+        parameter.replace(kind=keyword)
+        for parameter in signature.parameters.values()
+        if parameter.name != name and parameter.kind is not inspect.Parameter.VAR_KEYWORD
     ] + [
         inspect.Parameter(field, keyword, default=getattr(ModelArgs, field), annotation=field_hints[field])
         for field in fields

@@ -26,16 +26,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from tokeff.core.models import LoadedModel, load_model  # noqa: E402
-from tokeff.decoding import get_method  # noqa: E402
-from tokeff.decoding.bounded import bounded_cache_bpb  # noqa: E402
-from tokeff.decoding.types import DecodeConfig, Prompt  # noqa: E402
+from tokeff.core.models import LoadedModel, load_model
+from tokeff.core.reporting import Bars, Line, Panel, plot_panels
+from tokeff.decoding import get_method
+from tokeff.decoding.bounded import bounded_cache_bpb
+from tokeff.decoding.types import DecodeConfig, Prompt
 
 ROOT = Path(__file__).resolve().parents[2]
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext2-valid.txt"
@@ -131,32 +128,25 @@ def bounded_caches(lm: LoadedModel, cache_positions: int) -> dict:
 
 
 def plot_speed(results: dict, path: Path) -> None:
-    groups = [(key, data) for key, data in results.items()]
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4))
-    for axis, (key, data) in zip(axes, groups):
+    panels = []
+    for key, data in results.items():
         names = list(data["methods"])
-        ratios = [data["methods"][name]["ratio_vs_greedy"] for name in names]
-        axis.bar(range(len(names)), ratios, color=["#888" if "transformers" in n else "#3a7" for n in names])
-        axis.axhline(1.0, color="black", linewidth=0.8)
-        axis.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        axis.set_title(key, fontsize=9)
-        axis.set_ylabel("tokens/s ÷ greedy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+        bars = Bars(names, [data["methods"][name]["ratio_vs_greedy"] for name in names],
+                    ["#888" if "transformers" in name else "#3a7" for name in names])
+        panels.append(Panel("", "tokens/s ÷ greedy", key, bars=bars, guides=(1.0,)))
+    plot_panels(path, panels, size=(5 * len(panels), 4))
 
 
 def plot_bounded(curves: dict, cache_positions: int, path: Path) -> None:
-    fig, axis = plt.subplots(figsize=(7, 4))
     window = 128
+    lines = []
     for name, nll in curves.items():
         rolling = torch.nn.functional.avg_pool1d(nll.float()[None, None], window, stride=16)[0, 0]
-        axis.plot(torch.arange(len(rolling)) * 16 + window, rolling / math.log(2), label=name)
-    axis.axvline(cache_positions, color="gray", linestyle=":", label="cache size")
-    axis.set_xlabel("token position in the stream")
-    axis.set_ylabel(f"bits per token (mean of {window})")
-    axis.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+        lines.append(Line(name, (torch.arange(len(rolling)) * 16 + window).tolist(), (rolling / math.log(2)).tolist(),
+                          marker=None))
+    panel = Panel("token position in the stream", f"bits per token (mean of {window})", lines=lines,
+                  vguides=((cache_positions, "cache size"),))
+    plot_panels(path, [panel], size=(7, 4))
 
 
 def write_doc(report: dict, command: str, path: Path) -> None:

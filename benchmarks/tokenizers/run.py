@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tokeff.core.reporting import Line, Panel, plot_panels
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 CORPORA = {"wikitext": DATA / "wikitext2-valid.txt", "shakespeare": DATA / "tinyshakespeare.txt"}
@@ -170,72 +172,47 @@ def part_dynamic(corpora: dict, record: dict, eval_bytes: int, context: int) -> 
     record["dynamic"] = {"model": "smollm2-135m", "eval_bytes": len(text.encode()), "context": context, "runs": runs}
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_vocab(record: dict) -> None:
     """Bytes per token against vocabulary size: plain and supertoken BPE, and the models' own tokenizers."""
-    plt = _pyplot()
     rows = [row for row in record["tokenizers"]["rows"] if "error" not in row]
-    fig, axes = plt.subplots(1, len(CORPORA), figsize=(11, 4.2))
-    for axis, corpus in zip(axes, CORPORA):
-        for prefix, style in (("plain-", "o-"), ("supertoken-", "s-")):
+    panels = []
+    for corpus in CORPORA:
+        lines = []
+        for prefix, marker in (("plain-", "o"), ("supertoken-", "s")):
             # the curve: one tokenizer per size (variants with a longer name, e.g. another stage 1, are points)
             curve = sorted((row["vocab_size"], row[corpus]["bytes_per_token"]) for row in rows
                            if row["tokenizer"].startswith(prefix) and row["tokenizer"].count("-") == 1)
             if curve:
-                axis.plot(*zip(*curve), style, label=f"{prefix.rstrip('-')} BPE (tokeff)")
+                lines.append(Line(f"{prefix.rstrip('-')} BPE (tokeff)", *zip(*curve), marker=marker))
         for row in rows:
             if row["tokenizer"].count("-") > 1 or row["kind"] == "own":
-                point = (row["vocab_size"], row[corpus]["bytes_per_token"])
-                axis.plot(*point, "x" if row["kind"] == "own" else "^", color="black" if row["kind"] == "own" else "grey")
-                axis.annotate(row["tokenizer"], point, textcoords="offset points", xytext=(4, -10), fontsize=7)
-        axis.set_xscale("log", base=2)
-        axis.set_xlabel("vocabulary size")
-        axis.set_ylabel("bytes per token (held out)")
-        axis.set_title(corpus)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(DOCS / "tokenizers-vocab.png", dpi=120)
-    plt.close(fig)
+                own = row["kind"] == "own"
+                lines.append(Line(None, [row["vocab_size"]], [row[corpus]["bytes_per_token"]], style="",
+                                  marker="x" if own else "^", color="black" if own else "grey",
+                                  notes=[row["tokenizer"]]))
+        panels.append(Panel("vocabulary size", "bytes per token (held out)", corpus, lines=lines, xscale="log", xbase=2))
+    plot_panels(DOCS / "tokenizers-vocab.png", panels, size=(11, 4.2))
 
 
 def plot_dynamic(record: dict) -> None:
     """Merges against length reduction, and length reduction against the bits-per-byte cost."""
-    plt = _pyplot()
-    runs = [run for run in record["dynamic"]["runs"] if not run["label"].startswith("embedding")]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     from report import distinct
 
+    runs = [run for run in record["dynamic"]["runs"] if not run["label"].startswith("embedding")]
+    by_merges, by_reduction = [], []
     for run in runs:
         results = distinct(run["results"])
         merges = [row["merges"] for row in results]
         reduction = [100 * row["length_reduction"] for row in results]
-        change = [row["bpb_change"] for row in results]
-        left.plot(merges, reduction, marker="o", label=run["label"])
-        right.plot(reduction, change, marker="o", label=run["label"])
-        for x, y, k in zip(reduction, change, merges):
-            right.annotate(str(k), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    left.set_xscale("log")
-    left.set_xlabel("merges learned on the batch")
-    left.set_ylabel("sequence-length reduction (%)")
-    right.set_xlabel("sequence-length reduction (%)")
-    right.set_ylabel("bits-per-byte change vs own tokens")
-    right.axhline(0, color="grey", lw=0.5)
-    for axis in (left, right):
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        by_merges.append(Line(run["label"], merges, reduction))
+        by_reduction.append(Line(run["label"], reduction, [row["bpb_change"] for row in results],
+                                 notes=[str(k) for k in merges]))
     dyn = record["dynamic"]
-    fig.suptitle(f"tokeff dynamic, {dyn['model']}, {dyn['eval_bytes']:,} bytes of WikiText-2 (held out), context {dyn['context']}")
-    fig.tight_layout()
-    fig.savefig(DOCS / "tokenizers.png", dpi=120)
+    plot_panels(DOCS / "tokenizers.png", [
+        Panel("merges learned on the batch", "sequence-length reduction (%)", lines=by_merges, xscale="log"),
+        Panel("sequence-length reduction (%)", "bits-per-byte change vs own tokens", lines=by_reduction, guides=(0,)),
+    ], title=f"tokeff dynamic, {dyn['model']}, {dyn['eval_bytes']:,} bytes of WikiText-2 (held out), context {dyn['context']}",
+        size=(11, 4.2))
 
 
 def write_markdown(record: dict) -> None:

@@ -53,3 +53,23 @@ def test_decode_methods_from_the_command_line(tiny_gemma_dir, method):
         ensemble = run_cli("ensemble", "-m", tiny_gemma_dir, "--prompt", PROMPT, "--max-new-bytes", 6, "--ignore-eos", "--json",
                            check=0)
         assert payload["text"] == json.loads(ensemble.stdout)["text"]
+
+
+def test_heal_first_token_is_the_best_token_extending_the_backed_up_one(tiny_gemma_dir):
+    """Brute force over the vocabulary: heal's first token is the argmax, after the prompt minus its
+    last token, among the tokens whose text starts with that last token's text."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    payload = json.loads(run_cli("decode", "-m", tiny_gemma_dir, "--method", "heal", "--prompt", PROMPT,
+                                 "--max-new-tokens", 3, "--ignore-eos", "--json", check=0).stdout)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gemma_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir).eval()
+    ids = tokenizer(PROMPT)["input_ids"]
+    last = tokenizer.decode([ids[-1]])
+    allowed = [i for i in range(len(tokenizer)) if tokenizer.decode([i]).startswith(last)]
+    assert payload["healed_token"] == ids[-1] and len(allowed) > 1
+    with torch.no_grad():
+        logits = model(torch.tensor([ids[:-1]])).logits[0, -1]
+    assert payload["token_ids"][0] == allowed[int(logits[allowed].argmax())]
+    assert (last + payload["text"]).startswith(tokenizer.decode([payload["token_ids"][0]]))

@@ -1,0 +1,1 @@
+"""Transplant estimators, one module each, registered in `combination.ESTIMATORS` (`--method NAME`)."""

@@ -37,11 +37,9 @@ def run_pair(base: str, donor: str, held_out: int, ks: list[int], seed: int) -> 
     from tokeff.core.models import load_tokenizer
     from tokeff.kernels.anchors import nearest_anchors
     from tokeff.kernels.omp import omp, omp_candidates
-    from tokeff.surgery.transplant.combination import ESTIMATORS
+    from tokeff.surgery.transplant.estimators import DEFAULT_CANDIDATES, HYBRID_TEMPERATURE
     from tokeff.surgery.transplant.vocab import match_vocabularies
 
-    candidates_default = ESTIMATORS.get("omp").resolve_options({})["candidates"]  # what a transplant searches
-    temperature = ESTIMATORS.get("hybrid").resolve_options({})["temperature"]
     donor_tokenizer = load_tokenizer(donor)
     match = match_vocabularies(load_tokenizer(base), donor_tokenizer)
     # How often each donor token occurs in the first half of WikiText (the weights of the weighted cosine).
@@ -68,14 +66,14 @@ def run_pair(base: str, donor: str, held_out: int, ks: list[int], seed: int) -> 
     rows = [scored("mean row", base_rows.mean(0, keepdim=True).expand_as(truth), 0.0)]
     started = time.perf_counter()
     nearest, similarity = nearest_anchors(targets, anchors, 64)
-    softmax = torch.softmax(similarity / temperature, dim=1)
+    softmax = torch.softmax(similarity / HYBRID_TEMPERATURE, dim=1)
     rows.append(scored("hybrid's global part (softmax of 64 nearest)", (softmax.unsqueeze(2) * anchor_rows[nearest]).sum(1), time.perf_counter() - started))
     for k in ks:
         started = time.perf_counter()
         picked, coefficients = omp(targets, anchors, k)
         rows.append(scored(f"OMP over all {len(keep):,} anchors, k={k}", (coefficients.unsqueeze(2) * anchor_rows[picked]).sum(1), time.perf_counter() - started))
         started = time.perf_counter()
-        width = max(candidates_default, 4 * k)
+        width = max(DEFAULT_CANDIDATES, 4 * k)
         candidates, _ = nearest_anchors(targets, anchors, width, absolute=True)
         picked, coefficients = omp_candidates(targets, anchors, candidates, k)
         estimate = (coefficients.unsqueeze(2) * anchor_rows[candidates.gather(1, picked)]).sum(1)

@@ -11,7 +11,7 @@ import typer
 from tokeff.cli.options import Json, KvQuant, KvResidual, KvSinks, Model, ModelArgs, with_model_args
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
-from tokeff.core.options import cli_parameters, given_values, with_cli_parameters
+from tokeff.core.options import cli_parameters, with_cli_parameters
 from tokeff.decoding.registry import METHODS
 
 
@@ -43,7 +43,7 @@ def decode(
     **method_options: Any,
 ) -> None:
     """Stream a continuation to stdout; statistics go to stderr (or into the --json object)."""
-    from tokeff.core.options import describe
+    from tokeff.core.options import describe, parse_assignments
     from tokeff.core.textio import read_text
     from tokeff.decoding import get_method, method_names
     from tokeff.decoding.types import DecodeConfig, Prompt
@@ -70,7 +70,12 @@ def decode(
         stop_at_eos=not ignore_eos,
     )
     # only the flags given, so one that does not apply to the method is an error
-    options = given_values(method_options, assignments or [], method_cls.options, "-o")
+    options = {name: value for name, value in method_options.items() if value is not None}
+    assigned = parse_assignments(assignments or [], method_cls.options)
+    twice = sorted(set(assigned) & set(options))
+    if twice:
+        raise TokeffError(f"--{twice[0].replace('_', '-')} is given both as a flag and with -o")
+    options.update(assigned)
     method_cls.resolve_options(options)
     key = None
     if watermark is not None:

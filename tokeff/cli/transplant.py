@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from tokeff.cli.options import Device, Force, Json, Output
 from tokeff.core import console
-from tokeff.core.options import cli_parameters, given_values, with_cli_parameters
-from tokeff.surgery.transplant.combination import ESTIMATORS
 
 
-@with_cli_parameters(cli_parameters({name: cls.options for name, cls in ESTIMATORS.items()}, "method"))
 def transplant(
     base: Annotated[str, typer.Argument(help="Model to transplant into: built-in name, .gguf, folder or hub id.")],
     donor: Annotated[str, typer.Option("--donor", help="Model whose tokenizer (and embeddings) to use.")],
     output: Output,
-    method: Annotated[str, typer.Option(help="How new rows are estimated: " + ", ".join(
-        f"{name} ({cls.summary})" for name, cls in ESTIMATORS.items()) + ".")] = "omp",
-    param: Annotated[list[str] | None, typer.Option(
-        "--param", help="An option of the method as KEY=VALUE (repeatable), instead of its flag.")] = None,
+    method: Annotated[str, typer.Option(help="omp, mean, zero, subword or hybrid.")] = "omp",
+    k: Annotated[int, typer.Option("--k", help="Anchors per new token (omp: sparsity; hybrid: neighbours).")] = 64,
     pad_to: Annotated[int, typer.Option(help="Pad the vocabulary rows to a multiple of this.")] = 64,
     new_scale: Annotated[
         str,
@@ -47,14 +42,12 @@ def transplant(
     device: Device = "auto",
     force: Force = False,
     json: Json = False,
-    **method_flags: Any,
 ) -> None:
     """Give BASE the tokenizer of DONOR: new tokens' rows are estimated from shared tokens (OMP by default)."""
     from tokeff.surgery.transplant.pipeline import TransplantOptions, transplant as run
 
-    given = given_values(method_flags, param or [], ESTIMATORS.get(method).options, "--param")
     options = TransplantOptions(
-        method=method, method_options=given, pad_to=pad_to, new_scale=new_scale, maps=maps or [], donor_tokenizer_only=donor_tokenizer_only,
+        method=method, k=k, pad_to=pad_to, new_scale=new_scale, maps=maps or [], donor_tokenizer_only=donor_tokenizer_only,
         eval_text=str(eval_text) if eval_text is not None else None,
         tune_text=str(tune_text) if tune_text is not None else None, eval_context=eval_context, device=device,
     )
@@ -64,8 +57,7 @@ def transplant(
         return
     vocab = result["vocabulary"]
     table = Table("field", "value", title=f"transplant -> {output}")
-    chosen = result["transplant"]["method_options"]
-    table.add_row("method", method + (" (" + ", ".join(f"{k}={v}" for k, v in chosen.items()) + ")" if chosen else ""))
+    table.add_row("method", f"{method}" + (f" (k={result['transplant']['k']})" if result["transplant"]["k"] else ""))
     table.add_row("donor tokens", f"{vocab['donor_tokens']:,} ({result['transplant']['vocab_rows']:,} rows)")
     table.add_row("shared / new / unreachable", f"{vocab['shared']:,} / {vocab['new']:,} / {vocab['unreachable']:,}")
     if result.get("new_scale"):

@@ -2,7 +2,7 @@
 
 Every donor token id gets a row in the new embedding (and untied lm_head): shared tokens copy
 their base row, special tokens the base row of the same role, the rest are estimated
-(`combination.py`, one module per method in `estimators/`). Weights are streamed shard by shard (`checkpoint.py`), the donor's tokenizer,
+(`estimators.py`). Weights are streamed shard by shard (`checkpoint.py`), the donor's tokenizer,
 chat template and special-token ids go into config.json and generation_config.json, and with an
 evaluation text the manifest records what the transplant cost in bits per byte.
 """
@@ -28,13 +28,13 @@ from tokeff.core.scoring import adds_bos
 from tokeff.core.models import load_model, load_tokenizer
 from tokeff.core.resolve import model_folder
 from tokeff.surgery.transplant.checkpoint import Checkpoint, EmbeddingLayout, embedding_layout
-from tokeff.surgery.transplant.combination import ESTIMATORS, Combination, EstimationInputs, Estimator
+from tokeff.surgery.transplant.estimators import DONOR_EMBEDDING_METHODS, METHODS, Combination, estimate
 from tokeff.surgery.transplant.vocab import VocabMatch, match_vocabularies, parse_maps, same_vocabulary, special_roles
 
 @dataclass
 class TransplantOptions:
     method: str = "omp"
-    method_options: dict = field(default_factory=dict)  # the estimator's own options (`--k`, `-o KEY=VALUE`)
+    k: int = 64
     pad_to: int = 64
     new_scale: str | float = "auto"  # on estimated output rows (scale.py); tied embeddings: input rows too
     tune_text: str | None = None  # for new_scale="auto"; default: text sampled from the base model
@@ -48,7 +48,7 @@ class TransplantOptions:
 def transplant(base: str, donor: str, out: Path, options: TransplantOptions, force: bool = False) -> dict:
     """Write the transplanted model to `out`; returns the manifest's parameters and metrics."""
     started = time.perf_counter()
-    estimator = _check_options(options)
+    _check_options(options)
     check_output_path(out, force)
     device = resolve_device(options.device)
     base_folder = model_folder(base)
@@ -71,19 +71,23 @@ def transplant(base: str, donor: str, out: Path, options: TransplantOptions, for
         f"donor vocabulary: {counts['shared']:,} shared, {counts['new']:,} new, {counts['unreachable']:,} unreachable, "
         f"{sum(counts['special_matched'].values())} special tokens matched"
     )
-    donor_embeddings = _donor_embeddings(donor, donor_folder, match) if estimator.needs_donor_embeddings else None
-    combination = estimator.estimate(EstimationInputs(match, base_tokenizer, donor_embeddings, device))
+    k = options.k
+    donor_embeddings = None
+    if options.method in DONOR_EMBEDDING_METHODS:
+        donor_embeddings = _donor_embeddings(donor, donor_folder, match)
+        if k > shared:
+            console.warn(f"--k {k} is more than the {shared} shared tokens; using k={shared}")
+            k = shared
+    combination = estimate(options.method, match, base_tokenizer, donor_embeddings, k, device)
     del donor_embeddings
     rows = _padded(max(match.donor_rows, len(donor_tokenizer)), options.pad_to)
     bos_added = _keep_base_bos(base_tokenizer, donor_tokenizer, match)
     replacements = {name: _rebuild(checkpoint.read(name), match, combination, rows) for name in layout.names}
-    new_scale = None
-    if estimator.scalable:
-        new_scale = _scale_output_rows(base, replacements, layout, match, donor_tokenizer, options, device)
+    new_scale = _scale_output_rows(base, replacements, layout, match, donor_tokenizer, options, device)
 
     parameters = {
         "transplant": {
-            "method": options.method, "method_options": estimator.opts,
+            "method": options.method, "k": k if options.method in DONOR_EMBEDDING_METHODS else None,
             "pad_to": options.pad_to, "new_scale": options.new_scale, "maps": list(options.maps), "donor_tokenizer_only": options.donor_tokenizer_only,
             "tied_embeddings": layout.tied, "architecture": layout.architecture, "vocab_rows": rows,
             "bos_added": bos_added,
@@ -108,14 +112,15 @@ def transplant(base: str, donor: str, out: Path, options: TransplantOptions, for
     return {"output": str(out), **parameters, **metrics}
 
 
-def _check_options(options: TransplantOptions) -> Estimator:
-    """The configured estimator, once every option is known good (before anything loads)."""
-    estimator = ESTIMATORS.get(options.method)(**options.method_options)
-    if options.donor_tokenizer_only and estimator.needs_donor_embeddings:
-        usable = ", ".join(name for name, cls in ESTIMATORS.items() if not cls.needs_donor_embeddings)
+def _check_options(options: TransplantOptions) -> None:
+    if options.method not in METHODS:
+        raise TokeffError(f"unknown --method {options.method!r} (use {', '.join(METHODS)})")
+    if options.donor_tokenizer_only and options.method in DONOR_EMBEDDING_METHODS:
         raise TokeffError(
-            f"--method {options.method} needs the donor model's embeddings; with --donor-tokenizer-only use {usable}"
+            f"--method {options.method} needs the donor model's embeddings; with --donor-tokenizer-only use subword, mean or zero"
         )
+    if options.k < 1:
+        raise TokeffError(f"--k must be at least 1, got {options.k}")
     if options.new_scale != "auto":
         try:
             options.new_scale = float(options.new_scale)
@@ -127,7 +132,6 @@ def _check_options(options: TransplantOptions) -> Estimator:
         raise TokeffError("--tune-text only serves --new-scale auto")
     if options.pad_to < 1:
         raise TokeffError(f"--pad-to must be at least 1, got {options.pad_to}")
-    return estimator
 
 
 def _keep_base_bos(base_tokenizer, donor_tokenizer, match: VocabMatch) -> str | None:
@@ -191,7 +195,7 @@ def _scale_output_rows(base: str, replacements: dict[str, torch.Tensor], layout:
                        options: TransplantOptions, device: torch.device) -> dict | None:
     """Multiply the estimated output rows (with tied embeddings: the input rows too) by --new-scale,
     choosing it first when it is auto. None when there is nothing to scale."""
-    if len(match.estimated_ids) == 0:
+    if options.method == "zero" or len(match.estimated_ids) == 0:
         return None
     scaled = layout.names if layout.tied else [layout.lm_head]
     estimated = torch.from_numpy(match.estimated_ids)

@@ -1,1 +1,0 @@
-"""Transplant estimators, one module each, registered in `combination.ESTIMATORS` (`--method NAME`)."""

@@ -89,7 +89,7 @@ def test_byte_level_and_sentencepiece_share_by_canonical_bytes(byte_level_tokeni
 @pytest.mark.parametrize("method", ["omp", "mean", "zero", "subword", "hybrid"])
 def test_transplant_writes_stock_loadable_model(tmp_path, tiny_llama_dir, tiny_gemma_dir, method):
     out = tmp_path / "out"
-    result = transplant(str(tiny_llama_dir), str(tiny_gemma_dir), out, TransplantOptions(method=method, k=8, pad_to=64))
+    result = transplant(str(tiny_llama_dir), str(tiny_gemma_dir), out, TransplantOptions(method=method, method_options={"k": 8} if method in ("omp", "hybrid") else {}, pad_to=64))
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     donor = AutoTokenizer.from_pretrained(tiny_gemma_dir)
@@ -118,7 +118,7 @@ def test_transplant_writes_stock_loadable_model(tmp_path, tiny_llama_dir, tiny_g
 def test_omp_rows_apply_donor_codes_to_base_rows(tmp_path, tiny_llama_dir, tiny_gemma_dir):
     """A new token's row is the OMP code (found in the donor space) applied to the base anchors."""
     out = tmp_path / "out"
-    transplant(str(tiny_llama_dir), str(tiny_gemma_dir), out, TransplantOptions(method="omp", k=4, new_scale=1.0))
+    transplant(str(tiny_llama_dir), str(tiny_gemma_dir), out, TransplantOptions(method="omp", method_options={"k": 4}, new_scale=1.0))
     match = match_vocabularies(AutoTokenizer.from_pretrained(tiny_llama_dir), AutoTokenizer.from_pretrained(tiny_gemma_dir))
     donor = load_file(str(tiny_gemma_dir / "model.safetensors"))["model.embed_tokens.weight"]
     base = load_file(str(tiny_llama_dir / "model.safetensors"))["model.embed_tokens.weight"]
@@ -185,7 +185,7 @@ def test_bad_input(tmp_path, tiny_llama_dir, tiny_gemma_dir):
         transplant(str(tiny_llama_dir), str(tiny_llama_dir), tmp_path / "a", TransplantOptions())
     with pytest.raises(TokeffError, match="needs the donor model"):
         transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "b", TransplantOptions(donor_tokenizer_only=True))
-    with pytest.raises(TokeffError, match="unknown --method"):
+    with pytest.raises(TokeffError, match="unknown transplant method"):
         transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "c", TransplantOptions(method="magic"))
     with pytest.raises(TokeffError, match="--new-scale must be positive"):
         transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "d", TransplantOptions(new_scale=0.0))
@@ -196,9 +196,25 @@ def test_bad_input(tmp_path, tiny_llama_dir, tiny_gemma_dir):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_method_options_from_specs(tmp_path, tiny_llama_dir, tiny_gemma_dir):
+    from helpers import run_cli
+
+    args = ("transplant", tiny_llama_dir, "--donor", tiny_gemma_dir, "--new-scale", "1", "--json")
+    out = tmp_path / "h"
+    result = json.loads(run_cli(*args, "-o", out, "--method", "hybrid", "--k", 4, "--param", "local_weight=0.25", check=0).stdout)
+    assert result["transplant"]["method_options"] == {"k": 4, "local_weight": 0.25, "temperature": 0.05}
+    # a flag of another method, an out-of-bounds value, an option set twice: one-line errors, nothing written
+    for extra, message in ((("--method", "subword", "--k", 4), "--k does not apply to --method subword"),
+                           (("--method", "hybrid", "--param", "local_weight=2"), "must be a number in [0, 1]"),
+                           (("--method", "omp", "--k", 4, "--param", "k=5"), "--k is given both as a flag and with --param")):
+        failed = run_cli(*args, "-o", tmp_path / "bad", *extra, check=1)
+        assert message in failed.stderr
+        assert not (tmp_path / "bad").exists()
+
+
 def test_k_larger_than_shared_is_clamped(tmp_path, tiny_llama_dir, tiny_gemma_dir, capsys):
-    result = transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "o", TransplantOptions(k=100_000))
-    assert result["transplant"]["k"] == result["vocabulary"]["shared"]
+    result = transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "o", TransplantOptions(method_options={"k": 100_000}))
+    assert result["transplant"]["method_options"]["k"] == result["vocabulary"]["shared"]
     assert "using k=" in capsys.readouterr().err
 
 
@@ -332,6 +348,6 @@ def test_auto_new_scale_is_the_best_scale_on_the_tuning_text(tmp_path, tiny_llam
 
 
 def test_auto_new_scale_samples_from_the_base_model(tmp_path, tiny_llama_dir, tiny_gemma_dir):
-    result = transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "o", TransplantOptions(method="omp", k=4))
+    result = transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "o", TransplantOptions(method="omp", method_options={"k": 4}))
     assert result["new_scale"]["text"] == f"sampled from {tiny_llama_dir}" and result["new_scale"]["tokens"] > 100
     assert "new_scale" not in transplant(str(tiny_llama_dir), str(tiny_gemma_dir), tmp_path / "z", TransplantOptions(method="zero"))

@@ -37,7 +37,7 @@ def run_pair(base: str, donor: str, held_out: int, ks: list[int], seed: int) -> 
     from tokeff.core.models import load_tokenizer
     from tokeff.kernels.anchors import nearest_anchors
     from tokeff.kernels.omp import omp, omp_candidates
-    from tokeff.surgery.transplant.estimators import DEFAULT_CANDIDATES, HYBRID_TEMPERATURE
+    from tokeff.surgery.transplant.estimators import ESTIMATORS
     from tokeff.surgery.transplant.vocab import match_vocabularies
 
     donor_tokenizer = load_tokenizer(donor)
@@ -54,6 +54,9 @@ def run_pair(base: str, donor: str, held_out: int, ks: list[int], seed: int) -> 
     targets, anchors = donor_rows[torch.from_numpy(held)], donor_rows[torch.from_numpy(keep)]
     truth, anchor_rows = base_rows[torch.from_numpy(match.base_row[held])], base_rows[torch.from_numpy(match.base_row[keep])]
     weight = torch.from_numpy(counts[held]).float()
+    # The methods' own defaults, from their option specs.
+    temperature = ESTIMATORS.get("hybrid")(k=64).opts["temperature"]
+    default_candidates = ESTIMATORS.get("omp")().opts["candidates"]
 
     def scored(name: str, estimate: torch.Tensor, seconds: float) -> dict:
         cosine = torch.nn.functional.cosine_similarity(estimate, truth, dim=1)
@@ -66,14 +69,14 @@ def run_pair(base: str, donor: str, held_out: int, ks: list[int], seed: int) -> 
     rows = [scored("mean row", base_rows.mean(0, keepdim=True).expand_as(truth), 0.0)]
     started = time.perf_counter()
     nearest, similarity = nearest_anchors(targets, anchors, 64)
-    softmax = torch.softmax(similarity / HYBRID_TEMPERATURE, dim=1)
+    softmax = torch.softmax(similarity / temperature, dim=1)
     rows.append(scored("hybrid's global part (softmax of 64 nearest)", (softmax.unsqueeze(2) * anchor_rows[nearest]).sum(1), time.perf_counter() - started))
     for k in ks:
         started = time.perf_counter()
         picked, coefficients = omp(targets, anchors, k)
         rows.append(scored(f"OMP over all {len(keep):,} anchors, k={k}", (coefficients.unsqueeze(2) * anchor_rows[picked]).sum(1), time.perf_counter() - started))
         started = time.perf_counter()
-        width = max(DEFAULT_CANDIDATES, 4 * k)
+        width = max(default_candidates, 4 * k)
         candidates, _ = nearest_anchors(targets, anchors, width, absolute=True)
         picked, coefficients = omp_candidates(targets, anchors, candidates, k)
         estimate = (coefficients.unsqueeze(2) * anchor_rows[candidates.gather(1, picked)]).sum(1)

@@ -43,7 +43,7 @@ def decode(
     **method_options: Any,
 ) -> None:
     """Stream a continuation to stdout; statistics go to stderr (or into the --json object)."""
-    from tokeff.core.options import describe, parse_assignments
+    from tokeff.core.options import describe, given_options
     from tokeff.core.textio import read_text
     from tokeff.decoding import get_method, method_names
     from tokeff.decoding.types import DecodeConfig, Prompt
@@ -70,12 +70,7 @@ def decode(
         stop_at_eos=not ignore_eos,
     )
     # only the flags given, so one that does not apply to the method is an error
-    options = {name: value for name, value in method_options.items() if value is not None}
-    assigned = parse_assignments(assignments or [], method_cls.options)
-    twice = sorted(set(assigned) & set(options))
-    if twice:
-        raise TokeffError(f"--{twice[0].replace('_', '-')} is given both as a flag and with -o")
-    options.update(assigned)
+    options = given_options(method_options, assignments or [], method_cls.options, "-o")
     method_cls.resolve_options(options)
     key = None
     if watermark is not None:

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from tokeff.cli.options import Device, Force, Json, Output
 from tokeff.core import console
+from tokeff.core.options import cli_parameters, with_cli_parameters
+from tokeff.surgery.transplant.estimators import ESTIMATORS
 
 
+@with_cli_parameters(cli_parameters({name: cls.options for name, cls in ESTIMATORS.items()}, "method"))
 def transplant(
     base: Annotated[str, typer.Argument(help="Model to transplant into: built-in name, .gguf, folder or hub id.")],
     donor: Annotated[str, typer.Option("--donor", help="Model whose tokenizer (and embeddings) to use.")],
     output: Output,
-    method: Annotated[str, typer.Option(help="omp, mean, zero, subword or hybrid.")] = "omp",
-    k: Annotated[int, typer.Option("--k", help="Anchors per new token (omp: sparsity; hybrid: neighbours).")] = 64,
+    method: Annotated[str, typer.Option(help=f"How new tokens' rows are estimated: {', '.join(ESTIMATORS.names())}.")] = "omp",
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="KEY=VALUE: any option of the method, instead of its flag (repeatable).")
+    ] = None,
     pad_to: Annotated[int, typer.Option(help="Pad the vocabulary rows to a multiple of this.")] = 64,
     new_scale: Annotated[
         str,
@@ -42,12 +47,15 @@ def transplant(
     device: Device = "auto",
     force: Force = False,
     json: Json = False,
+    **method_options: Any,
 ) -> None:
     """Give BASE the tokenizer of DONOR: new tokens' rows are estimated from shared tokens (OMP by default)."""
+    from tokeff.core.options import given_options
     from tokeff.surgery.transplant.pipeline import TransplantOptions, transplant as run
 
+    chosen = given_options(method_options, param or [], ESTIMATORS.get(method).options, "--param")
     options = TransplantOptions(
-        method=method, k=k, pad_to=pad_to, new_scale=new_scale, maps=maps or [], donor_tokenizer_only=donor_tokenizer_only,
+        method=method, method_options=chosen, pad_to=pad_to, new_scale=new_scale, maps=maps or [], donor_tokenizer_only=donor_tokenizer_only,
         eval_text=str(eval_text) if eval_text is not None else None,
         tune_text=str(tune_text) if tune_text is not None else None, eval_context=eval_context, device=device,
     )
@@ -57,7 +65,8 @@ def transplant(
         return
     vocab = result["vocabulary"]
     table = Table("field", "value", title=f"transplant -> {output}")
-    table.add_row("method", f"{method}" + (f" (k={result['transplant']['k']})" if result["transplant"]["k"] else ""))
+    settings = ", ".join(f"{key}={value}" for key, value in result["transplant"]["method_options"].items())
+    table.add_row("method", method + (f" ({settings})" if settings else ""))
     table.add_row("donor tokens", f"{vocab['donor_tokens']:,} ({result['transplant']['vocab_rows']:,} rows)")
     table.add_row("shared / new / unreachable", f"{vocab['shared']:,} / {vocab['new']:,} / {vocab['unreachable']:,}")
     if result.get("new_scale"):

@@ -138,6 +138,17 @@ def parse_assignments(pairs: Iterable[str], options: Sequence[Option]) -> dict[s
     return values
 
 
+def given_options(flags: Mapping[str, Any], pairs: Iterable[str], options: Sequence[Option], via: str) -> dict[str, Any]:
+    """The options a user set: generated flags that were given (not None) and `via` KEY=VALUE pairs;
+    an option set both ways is an error."""
+    given = {name: value for name, value in flags.items() if value is not None}
+    assigned = parse_assignments(pairs, options)
+    twice = sorted(set(assigned) & set(given))
+    if twice:
+        raise TokeffError(f"--{twice[0].replace('_', '-')} is given both as a flag and with {via}")
+    return {**given, **assigned}
+
+
 def describe(options: Sequence[Option]) -> str:
     """One line per option for listings: flag, default and help."""
     return "\n".join(f"  {o.flag} ({o.bounds_text()}; default {o.default}): {o.help}" for o in options)

@@ -2,7 +2,7 @@
 
 Every donor token id gets a row in the new embedding (and untied lm_head): shared tokens copy
 their base row, special tokens the base row of the same role, the rest are estimated
-(`estimators.py`). Weights are streamed shard by shard (`checkpoint.py`), the donor's tokenizer,
+(`estimators/`, one module per method). Weights are streamed shard by shard (`checkpoint.py`), the donor's tokenizer,
 chat template and special-token ids go into config.json and generation_config.json, and with an
 evaluation text the manifest records what the transplant cost in bits per byte.
 """
@@ -15,6 +15,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,13 +29,13 @@ from tokeff.core.scoring import adds_bos
 from tokeff.core.models import load_model, load_tokenizer
 from tokeff.core.resolve import model_folder
 from tokeff.surgery.transplant.checkpoint import Checkpoint, EmbeddingLayout, embedding_layout
-from tokeff.surgery.transplant.estimators import DONOR_EMBEDDING_METHODS, METHODS, Combination, estimate
+from tokeff.surgery.transplant.estimators import ESTIMATORS, Combination, Estimator, estimate
 from tokeff.surgery.transplant.vocab import VocabMatch, match_vocabularies, parse_maps, same_vocabulary, special_roles
 
 @dataclass
 class TransplantOptions:
     method: str = "omp"
-    k: int = 64
+    method_options: dict[str, Any] = field(default_factory=dict)  # the method's own Option specs (estimators/)
     pad_to: int = 64
     new_scale: str | float = "auto"  # on estimated output rows (scale.py); tied embeddings: input rows too
     tune_text: str | None = None  # for new_scale="auto"; default: text sampled from the base model
@@ -48,7 +49,7 @@ class TransplantOptions:
 def transplant(base: str, donor: str, out: Path, options: TransplantOptions, force: bool = False) -> dict:
     """Write the transplanted model to `out`; returns the manifest's parameters and metrics."""
     started = time.perf_counter()
-    _check_options(options)
+    estimator = _check_options(options)
     check_output_path(out, force)
     device = resolve_device(options.device)
     base_folder = model_folder(base)
@@ -71,14 +72,8 @@ def transplant(base: str, donor: str, out: Path, options: TransplantOptions, for
         f"donor vocabulary: {counts['shared']:,} shared, {counts['new']:,} new, {counts['unreachable']:,} unreachable, "
         f"{sum(counts['special_matched'].values())} special tokens matched"
     )
-    k = options.k
-    donor_embeddings = None
-    if options.method in DONOR_EMBEDDING_METHODS:
-        donor_embeddings = _donor_embeddings(donor, donor_folder, match)
-        if k > shared:
-            console.warn(f"--k {k} is more than the {shared} shared tokens; using k={shared}")
-            k = shared
-    combination = estimate(options.method, match, base_tokenizer, donor_embeddings, k, device)
+    donor_embeddings = _donor_embeddings(donor, donor_folder, match) if estimator.needs_donor_embeddings else None
+    combination = estimate(estimator, match, base_tokenizer, donor_embeddings, device)
     del donor_embeddings
     rows = _padded(max(match.donor_rows, len(donor_tokenizer)), options.pad_to)
     bos_added = _keep_base_bos(base_tokenizer, donor_tokenizer, match)
@@ -87,7 +82,7 @@ def transplant(base: str, donor: str, out: Path, options: TransplantOptions, for
 
     parameters = {
         "transplant": {
-            "method": options.method, "k": k if options.method in DONOR_EMBEDDING_METHODS else None,
+            "method": options.method, "method_options": estimator.opts,
             "pad_to": options.pad_to, "new_scale": options.new_scale, "maps": list(options.maps), "donor_tokenizer_only": options.donor_tokenizer_only,
             "tied_embeddings": layout.tied, "architecture": layout.architecture, "vocab_rows": rows,
             "bos_added": bos_added,
@@ -112,15 +107,14 @@ def transplant(base: str, donor: str, out: Path, options: TransplantOptions, for
     return {"output": str(out), **parameters, **metrics}
 
 
-def _check_options(options: TransplantOptions) -> None:
-    if options.method not in METHODS:
-        raise TokeffError(f"unknown --method {options.method!r} (use {', '.join(METHODS)})")
-    if options.donor_tokenizer_only and options.method in DONOR_EMBEDDING_METHODS:
+def _check_options(options: TransplantOptions) -> Estimator:
+    """The configured estimator; every option checked before any model loads."""
+    estimator = ESTIMATORS.get(options.method)(**options.method_options)
+    if options.donor_tokenizer_only and estimator.needs_donor_embeddings:
+        alone = ", ".join(name for name, cls in ESTIMATORS.items() if not cls.needs_donor_embeddings)
         raise TokeffError(
-            f"--method {options.method} needs the donor model's embeddings; with --donor-tokenizer-only use subword, mean or zero"
+            f"--method {options.method} needs the donor model's embeddings; with --donor-tokenizer-only use {alone}"
         )
-    if options.k < 1:
-        raise TokeffError(f"--k must be at least 1, got {options.k}")
     if options.new_scale != "auto":
         try:
             options.new_scale = float(options.new_scale)
@@ -132,6 +126,7 @@ def _check_options(options: TransplantOptions) -> None:
         raise TokeffError("--tune-text only serves --new-scale auto")
     if options.pad_to < 1:
         raise TokeffError(f"--pad-to must be at least 1, got {options.pad_to}")
+    return estimator
 
 
 def _keep_base_bos(base_tokenizer, donor_tokenizer, match: VocabMatch) -> str | None:
@@ -185,8 +180,8 @@ def _rebuild(matrix: torch.Tensor, match: VocabMatch, combination: Combination, 
     out[torch.from_numpy(known)] = matrix[torch.from_numpy(match.base_row[known])]
     estimated = torch.from_numpy(match.estimated_ids)
     for start in range(0, len(estimated), 16384):  # bounded temporaries on 262k-token vocabularies
-        part = Combination(*(t[start : start + 16384] for t in (combination.indices, combination.weights, combination.mean_weight)))
-        out[estimated[start : start + 16384]] = part.apply(matrix).to(matrix.dtype)
+        rows = slice(start, start + 16384)
+        out[estimated[rows]] = combination[rows].apply(matrix).to(matrix.dtype)
     return out
 
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import tiny_models
 from tokeff.core.errors import TokeffError
-from tokeff.core.evaluation import bits_per_byte
+from tokeff.core.evaluation import bits_per_byte, bits_per_byte_many
 from tokeff.core.scoring import DecodeOrder, prefix_token_id, window_plan
 from tokeff.core.models import load_model
 
@@ -90,3 +91,22 @@ def test_special_token_strings_in_scored_text_are_text(tiny_gemma_dir):
     assert lm.tokenizer.unk_token_id not in plain
     assert lm.tokenizer.decode(plain) == text
     assert bits_per_byte(lm, text, context=16).token_ids == plain
+
+
+def test_batched_documents_score_as_one_at_a_time(tiny_model_dir):
+    """Several documents per model call (right-padded, some longer than the context so they slide
+    windows) give each document's one-at-a-time numbers to 1e-6, in input order; no tokens -> None."""
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    text = (tiny_models.SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    texts = [text[at : at + size] for at, size in zip(range(0, 20_000, 997), [3, 40, 400, 90, 600, 7, 250, 160] * 2)]
+    texts.insert(5, "")
+    batched = bits_per_byte_many(lm, texts, context=64, stride=24, max_tokens=300)
+    assert batched[5] is None
+    assert any(result.tokens > 63 for result in batched if result)  # some documents slide windows
+    for text, result in zip(texts, batched):
+        if not text:
+            continue
+        single = bits_per_byte(lm, text, context=64, stride=24)
+        assert result.token_ids == single.token_ids
+        assert torch.allclose(result.token_nll, single.token_nll, rtol=0, atol=1e-6)
+        assert result.bpb == pytest.approx(single.bpb, rel=1e-6, abs=0)

@@ -8,14 +8,14 @@ from typing import Annotated, Any
 
 import typer
 
-from tokeff.cli.options import Json, KvQuant, KvResidual, KvSinks, Model, ModelArgs, with_model_args
+from tokeff.cli.options import Json, KvQuant, KvResidual, KvSinks, Model, ModelArgs, with_shared_args
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
 from tokeff.core.options import cli_parameters, with_cli_parameters
 from tokeff.decoding.registry import METHODS
 
 
-@with_model_args
+@with_shared_args
 @with_cli_parameters(cli_parameters({name: cls.options for name, cls in METHODS.items()}, "method"))
 def decode(
     model: Model,

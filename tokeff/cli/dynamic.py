@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tokeff.cli.options import Json, Model, ModelArgs, with_model_args
+from tokeff.cli.options import Json, Model, ModelArgs, with_shared_args
 from tokeff.core import console
 
 
-@with_model_args
+@with_shared_args
 def dynamic(
     file: Annotated[Path, typer.Argument(help="UTF-8 text: cut into segments of --context tokens, the batch.")],
     model: Model,

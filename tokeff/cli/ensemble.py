@@ -10,13 +10,13 @@ from typing import Annotated
 
 import typer
 
-from tokeff.cli.options import EnsembleMode, EnsembleWeights, Json, ModelArgs, Models, with_model_args
+from tokeff.cli.options import EnsembleMode, EnsembleWeights, Json, ModelArgs, Models, with_shared_args
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
 from tokeff.core.weights import ensemble_weights
 
 
-@with_model_args
+@with_shared_args
 def ensemble(
     model: Models,
     prompt: Annotated[str | None, typer.Option(help="Prompt text (it may end inside a word).")] = None,

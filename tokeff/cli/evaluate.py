@@ -10,7 +10,7 @@ from rich.table import Table
 
 from tokeff.cli import corpus
 from tokeff.cli.options import (
-    EnsembleMode, EnsembleWeights, Force, Json, KvQuant, KvResidual, KvSinks, ModelArgs, Models, with_model_args,
+    CorpusArgs, EnsembleMode, EnsembleWeights, Json, KvQuant, KvResidual, KvSinks, ModelArgs, Models, with_shared_args,
 )
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
@@ -29,7 +29,7 @@ def _bounded_methods() -> dict:
 
 
 @app.command()
-@with_model_args
+@with_shared_args
 @with_cli_parameters(cli_parameters({name: cls.options for name, cls in _bounded_methods().items()}, "method"))
 def bpb(
     files: Annotated[list[Path], typer.Argument(help="UTF-8 text to score (with -o: a corpus of files, folders, globs, JSONL, Parquet).")],
@@ -55,17 +55,7 @@ def bpb(
     segment_bytes: Annotated[int, typer.Option(help="Ensembles: bytes per segment scored from a fresh context.")] = 2048,
     loader: ModelArgs = ModelArgs(),
     json: Json = False,
-    output: corpus.CorpusOutput = None,
-    engine: corpus.Engine = "local",
-    address: corpus.Address = None,
-    workers: corpus.Workers = 1,
-    gpus_per_worker: corpus.GpusPerWorker = 0.0,
-    batch_size: corpus.BatchSize = 64,
-    field: corpus.Field = "text",
-    id_field: corpus.IdField = None,
-    resume: corpus.Resume = False,
-    force: Force = False,
-    fail_on_error: corpus.FailOnError = False,
+    corpus_args: CorpusArgs = CorpusArgs(),
     **bounded: Any,
 ) -> None:
     """Bits per byte: token negative log-likelihoods summed, over the text's UTF-8 bytes (sliding window).
@@ -75,14 +65,12 @@ def bpb(
     """
     from tokeff.core.textio import read_text
 
-    if output is not None:
+    if corpus_args.output is not None:
         if len(model) > 1 or method or kv_quant or max_bytes:
             raise TokeffError("corpus mode (-o) scores one --model with sliding windows (no --method, --kv-quant, --max-bytes)")
         params = dict(model=model[0], context=context, stride=stride, device=loader.device, dtype=loader.dtype,
                       trust_remote_code=loader.trust_remote_code)
-        corpus.run_corpus("bpb", params, files, output, engine=engine, address=address, workers=workers,
-                          gpus_per_worker=gpus_per_worker, batch_size=batch_size, field=field, id_field=id_field,
-                          resume=resume, force=force, fail_on_error=fail_on_error, json=json)
+        corpus.run_corpus("bpb", params, files, corpus_args, json)
         return
     if len(files) != 1:
         raise TokeffError("give one file, or -o OUT to score a corpus")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tokeff.cli.options import Force, Json, Model, ModelArgs, Output, with_model_args
+from tokeff.cli.options import Force, Json, Model, ModelArgs, Output, with_shared_args
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
 
@@ -16,7 +16,7 @@ app = typer.Typer(help="Calibrated KV-cache quantization (KVQuant).", no_args_is
 
 
 @app.command()
-@with_model_args
+@with_shared_args
 def calibrate(
     model: Model,
     text: Annotated[Path, typer.Option("--text", help="UTF-8 calibration text.")],

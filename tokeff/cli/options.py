@@ -34,11 +34,26 @@ KvQuant = Annotated[
 ]
 KvResidual = Annotated[int, typer.Option(help="With --kv-quant: recent tokens kept in full precision.")]
 KvSinks = Annotated[int, typer.Option(help="With --kv-quant: first tokens kept in full precision (attention sinks).")]
+# Corpus mode of `tokeff watermark detect` and `tokeff eval bpb` (with -o).
+CorpusOutput = Annotated[
+    Path | None, typer.Option("-o", "--output", help="Corpus mode: one row per document into this .parquet or .jsonl.")
+]
+Engine = Annotated[str, typer.Option(help="Corpus mode: local (this process) or ray (Ray Data).")]
+Address = Annotated[str | None, typer.Option(help="ray: join this running cluster (default: start Ray on this machine).")]
+Workers = Annotated[int, typer.Option(help="ray: scoring actors (each loads the key or model once).")]
+GpusPerWorker = Annotated[float, typer.Option(help="ray: GPUs per actor.")]
+BatchSize = Annotated[int, typer.Option(help="Corpus mode: documents per batch.")]
+Field = Annotated[str, typer.Option(help="JSONL and Parquet: the field holding each document's text.")]
+IdField = Annotated[str | None, typer.Option(help="JSONL and Parquet: the field holding each document's id (default: path:N).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Finish an interrupted run with the documents not yet written.")]
+FailOnError = Annotated[bool, typer.Option("--fail-on-error", help="Exit 1 if any document could not be scored.")]
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelArgs:
     """How to load models: --device, --dtype and --trust-remote-code, declared once for every command.
 
-    A command takes a parameter typed `ModelArgs` and is wrapped in `with_model_args`, which turns
+    A command takes a parameter typed `ModelArgs` and is wrapped in `with_shared_args`, which turns
     that parameter into these three flags and hands the command one resolved `ModelArgs`.
     """
 
@@ -52,29 +67,50 @@ class ModelArgs:
         return load_model(spec, device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
 
 
+@dataclasses.dataclass(frozen=True)
+class CorpusArgs:
+    """Corpus mode (-o and the engine flags), declared once for every corpus command (see `with_shared_args`)."""
+
+    output: CorpusOutput = None
+    engine: Engine = "local"
+    address: Address = None
+    workers: Workers = 1
+    gpus_per_worker: GpusPerWorker = 0.0
+    batch_size: BatchSize = 64
+    field: Field = "text"
+    id_field: IdField = None
+    resume: Resume = False
+    force: Force = False
+    fail_on_error: FailOnError = False
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def with_model_args(command: F) -> F:
-    """Expose `command`'s `ModelArgs` parameter to Typer as the shared flags (see `ModelArgs`)."""
+def with_shared_args(command: F) -> F:
+    """Expose each of `command`'s dataclass-typed parameters (`ModelArgs`, `CorpusArgs`) to Typer as
+    that class's flags, and hand the command one instance of it built from them."""
     # eval_str: real types, including flags generated from option specs (`with_cli_parameters`)
     signature = inspect.signature(command, eval_str=True)
-    name = next(key for key, parameter in signature.parameters.items() if parameter.annotation is ModelArgs)
-    field_hints = get_type_hints(ModelArgs, include_extras=True)
-    fields = [field.name for field in dataclasses.fields(ModelArgs)]
+    groups = {key: parameter.annotation for key, parameter in signature.parameters.items()
+              if isinstance(parameter.annotation, type) and dataclasses.is_dataclass(parameter.annotation)}
     keyword = inspect.Parameter.KEYWORD_ONLY  # Typer passes every parameter by name
     parameters = [
         parameter.replace(kind=keyword)
         for parameter in signature.parameters.values()
-        if parameter.name != name and parameter.kind is not inspect.Parameter.VAR_KEYWORD
-    ] + [
-        inspect.Parameter(field, keyword, default=getattr(ModelArgs, field), annotation=field_hints[field])
-        for field in fields
+        if parameter.name not in groups and parameter.kind is not inspect.Parameter.VAR_KEYWORD
     ]
+    fields = {}
+    for name, cls in groups.items():
+        hints = get_type_hints(cls, include_extras=True)
+        fields[name] = [field.name for field in dataclasses.fields(cls)]
+        parameters += [inspect.Parameter(field, keyword, default=getattr(cls, field), annotation=hints[field])
+                       for field in fields[name]]
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
-        kwargs[name] = ModelArgs(**{field: kwargs.pop(field) for field in fields})
+        for name, cls in groups.items():
+            kwargs[name] = cls(**{field: kwargs.pop(field) for field in fields[name]})
         return command(**kwargs)
 
     wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]

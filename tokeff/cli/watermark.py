@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from tokeff.cli import corpus
-from tokeff.cli.options import Device, Dtype, Force, Json, Output, TrustRemoteCode
+from tokeff.cli.options import CorpusArgs, Device, Dtype, Force, Json, Output, TrustRemoteCode, with_shared_args
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
 from tokeff.core.options import cli_parameters, with_cli_parameters
@@ -137,6 +137,7 @@ def generate(
 
 
 @app.command()
+@with_shared_args
 @with_cli_parameters(cli_parameters(_scheme_options(detection=True), "override the key's"))
 def detect(
     key: KeyPath,
@@ -145,17 +146,7 @@ def detect(
     alpha: Alpha = 0.01,
     trust_remote_code: TrustRemoteCode = False,
     json: Json = False,
-    output: corpus.CorpusOutput = None,
-    engine: corpus.Engine = "local",
-    address: corpus.Address = None,
-    workers: corpus.Workers = 1,
-    gpus_per_worker: corpus.GpusPerWorker = 0.0,
-    batch_size: corpus.BatchSize = 64,
-    field: corpus.Field = "text",
-    id_field: corpus.IdField = None,
-    resume: corpus.Resume = False,
-    force: Force = False,
-    fail_on_error: corpus.FailOnError = False,
+    corpus_args: CorpusArgs = CorpusArgs(),
     **overrides,
 ) -> None:
     """One line per text: verdict, p-value, statistic, tokens. Needs the key and tokenizer, never the model.
@@ -170,12 +161,10 @@ def detect(
 
     if not 0 < alpha < 1:
         raise TokeffError(f"--alpha must be in (0, 1), got {alpha}")
-    if output is not None:
+    if corpus_args.output is not None:
         params = dict(key=str(key), tokenizer=tokenizer, alpha=alpha, overrides=overrides,
                       trust_remote_code=trust_remote_code)
-        corpus.run_corpus("watermark", params, files, output, engine=engine, address=address, workers=workers,
-                          gpus_per_worker=gpus_per_worker, batch_size=batch_size, field=field, id_field=id_field,
-                          resume=resume, force=force, fail_on_error=fail_on_error, json=json)
+        corpus.run_corpus("watermark", params, files, corpus_args, json)
         return
     watermark = load_key(key).for_detection(overrides)
     records = [record for path in files for record in read_records(path, "text", lines=False)]

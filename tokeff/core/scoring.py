@@ -123,16 +123,9 @@ def score_tokens(
     Windows must fit the model's positions, unless the cache bounds the positions it hands the model
     (attention sinks), whose method checks its own bound."""
     lm.check_context(context, within_positions=decode_order is None or not decode_order.bounds_positions)
-    stride = stride or max(1, context // 2)
-    if not 1 <= stride <= context:
-        raise TokeffError(f"--stride must be in 1..{context} (the context), got {stride}")
-    if not token_ids:
-        raise TokeffError("the text produced no tokens")
-    # The boundary token occupies one position of each window, so a full-context stride shrinks with it.
-    stride = min(stride, context - 1)
+    stride = _stride(context, stride)
     started = time.perf_counter()
-    plan = window_plan(len(token_ids), context - 1, stride)
-    plan = [(start, end, max(first, first_scored)) for start, end, first in plan if end > first_scored]
+    plan = _windows(token_ids, context, stride, first_scored)
     nll = torch.zeros(len(token_ids), dtype=torch.float64)
     feed_window = _through_cache if decode_order is not None else _one_pass
     prefix = prefix_token_id(lm)
@@ -143,6 +136,54 @@ def score_tokens(
         token_ids=list(token_ids), token_nll=nll, context=context, stride=stride,
         seconds=time.perf_counter() - started, chunk=decode_order.chunk if decode_order else None,
     )
+
+
+@torch.inference_mode()
+def score_many(lm: LoadedModel, sequences: list[list[int]], context: int, stride: int | None = None,
+               max_tokens: int | None = None) -> list[TokenScores]:
+    """`score_tokens` (one pass per window) for many sequences, windows of several sequences padded
+    into one model call of at most `max_tokens` tokens (default: the context, so memory stays that of
+    one window): short documents cost a fraction of a call each. Same scores as one by one, up to
+    float rounding (right padding leaves real tokens' positions and attention as they were)."""
+    lm.check_context(context)
+    stride = _stride(context, stride)
+    budget = max(max_tokens or context, context)
+    started = time.perf_counter()
+    prefix = prefix_token_id(lm)
+    nll = [torch.zeros(len(ids), dtype=torch.float64) for ids in sequences]
+    windows = [(index, [prefix] + ids[start:end], first - start, first, end)
+               for index, ids in enumerate(sequences) for start, end, first in _windows(ids, context, stride)]
+    windows.sort(key=lambda window: -len(window[1]))  # longest first: each call pads to its first row
+    at = 0
+    while at < len(windows):
+        rows = max(1, budget // len(windows[at][1]))
+        group, at = windows[at : at + rows], at + rows
+        length = len(group[0][1])
+        ids = torch.tensor([w + [prefix] * (length - len(w)) for _, w, *_ in group], device=lm.device)
+        mask = torch.tensor([[1] * len(w) + [0] * (length - len(w)) for _, w, *_ in group], device=lm.device)
+        logits = lm.model(input_ids=ids, attention_mask=mask).logits
+        for row, (index, window, context_tokens, first, end) in enumerate(group):
+            scored = logits[row, context_tokens : len(window) - 1]
+            nll[index][first:end] = _nll(scored, window[context_tokens + 1 :], _target_log_probs)
+    seconds = (time.perf_counter() - started) / max(1, len(sequences))  # an even share of the batch's time
+    return [TokenScores(token_ids=list(ids), token_nll=scores, context=context, stride=stride, seconds=seconds)
+            for ids, scores in zip(sequences, nll)]
+
+
+def _stride(context: int, stride: int | None) -> int:
+    """The stride as used: default half the context; the boundary token occupies one position of each
+    window, so a full-context stride shrinks with it."""
+    stride = stride or max(1, context // 2)
+    if not 1 <= stride <= context:
+        raise TokeffError(f"--stride must be in 1..{context} (the context), got {stride}")
+    return min(stride, context - 1)
+
+
+def _windows(token_ids: list[int], context: int, stride: int, first_scored: int = 0) -> list[tuple[int, int, int]]:
+    if not token_ids:
+        raise TokeffError("the text produced no tokens")
+    plan = window_plan(len(token_ids), context - 1, stride)
+    return [(start, end, max(first, first_scored)) for start, end, first in plan if end > first_scored]
 
 
 def _target_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

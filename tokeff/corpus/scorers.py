@@ -1,7 +1,7 @@
 """Per-document scorers: a picklable job spec that each engine builds once per process (or Ray actor).
 
 Both engines run the same scorer on the same documents, so their rows agree document for document.
-Scoring calls the per-text functions (`bits_per_byte`, `detect_texts`); nothing here re-implements them.
+Scoring calls the library functions (`bits_per_byte_many`, `detect_texts`); nothing here re-implements them.
 """
 
 from __future__ import annotations
@@ -69,18 +69,13 @@ class BpbScorer(Scorer):
         self.context, self.stride = params.get("context", 1024), params.get("stride")
 
     def score(self, texts: list[str]) -> list[dict]:
-        from tokeff.core.evaluation import bits_per_byte
+        from tokeff.core.evaluation import bits_per_byte_many
 
-        results = []
-        for text in texts:
-            try:
-                result = bits_per_byte(self.lm, text, context=self.context, stride=self.stride)
-            except TokeffError as exc:  # e.g. a text of no tokens: a bad row, not a failed job
-                results.append({"error": str(exc)})
-                continue
-            bits = float(result.token_nll.sum()) / math.log(2)
-            results.append({"tokens": result.tokens, "bits": bits, "bpb": result.bpb})
-        return results
+        # A batch's texts share model calls (several short documents per forward pass).
+        results = bits_per_byte_many(self.lm, texts, context=self.context, stride=self.stride)
+        return [{"error": "the text produced no tokens"} if result is None else
+                {"tokens": result.tokens, "bits": float(result.token_nll.sum()) / math.log(2), "bpb": result.bpb}
+                for result in results]
 
 
 class DetectScorer(Scorer):

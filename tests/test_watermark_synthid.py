@@ -1,5 +1,7 @@
 """The synthid scheme: g-values, context masks and the generation rule equal transformers' own; detection works."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -110,3 +112,24 @@ def test_text_watermarked_by_transformers_is_detected_with_a_key_from_its_config
     width = prompt.shape[1]
     assert all(r.p_value <= 0.01 for r in detect_tokens(key, marked[:, width:].tolist()))
     assert not any(r.watermarked for r in detect_tokens(key, plain[:, width:].tolist()))
+
+
+def test_a_key_written_before_a_detection_option_existed_still_verifies_and_detects(lm, tmp_path):
+    """Old synthid keys have no `statistic`: it only sets the test, so it takes its default."""
+    from dataclasses import replace
+
+    from tokeff.decoding.watermark.keys import load_key, save_key
+
+    key = make_key("synthid", lm.tokenizer, lm.spec, seed=4, runs=99)
+    old = replace(key, params={name: value for name, value in key.params.items() if name not in ("statistic", "runs")})
+    save_key(old, tmp_path / "old")
+    assert "statistic" not in json.loads((tmp_path / "old" / "tokeff.json").read_text())["parameters"]
+    run_cli("verify", tmp_path / "old", check=0)
+    loaded = load_key(tmp_path / "old")
+    assert loaded.params == {**key.params, "runs": 999}
+    tokens = np.random.default_rng(0).integers(0, 300, size=60)
+    assert detect_tokens(loaded, [tokens])[0].p_value == detect_tokens(replace(key, params=loaded.params), [tokens])[0].p_value
+    # a missing key parameter (not a detection option) is still an error
+    broken = replace(key, params={name: value for name, value in key.params.items() if name != "ngram_len"})
+    save_key(broken, tmp_path / "broken")
+    assert "key parameter 'ngram_len' is missing" in run_cli("verify", tmp_path / "broken", check=1).stderr

@@ -102,6 +102,7 @@ def load_key(path: Path | str) -> WatermarkKey:
     digest = params.pop("vocab_sha256")
     words = load_file(str(Path(path) / KEY_FILE))["words"].view(np.uint64)
     model = (manifest.input("model") or {}).get("spec", "")
+    params = SCHEMES.get(scheme).stored(params)  # verified above: the scheme is known
     return WatermarkKey(scheme, words, params, vocab_size, digest, model, Path(path))
 
 

@@ -70,9 +70,20 @@ class WatermarkScheme(ABC):
         return resolve(cls.options, given, f"the {cls.name} scheme", label=cls._label)
 
     @classmethod
+    def stored(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A key's stored parameters with any missing detection option at its default.
+
+        Detection options only set a test's precision, so a key written before one existed (a synthid
+        key without `statistic`) still verifies and detects as it always did.
+        """
+        defaults = {o.name: o.default for o in cls.options if o.name in cls.detection_options and o.name not in params}
+        return {**params, **defaults}
+
+    @classmethod
     def problems(cls, params: Mapping[str, Any]) -> list[str]:
         """What is wrong with a key's stored parameters (missing, unknown, out of bounds); empty if nothing."""
         names = {option.name for option in cls.options}
+        params = cls.stored(params)
         found = [f"key parameter '{name}' is missing" for name in sorted(names - set(params))]
         found += [f"unknown key parameter '{name}' for the {cls.name} scheme" for name in params if name not in names]
         for option in cls.options:

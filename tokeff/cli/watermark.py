@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from tokeff.cli import corpus
-from tokeff.cli.options import CorpusArgs, Device, Dtype, Force, Json, Output, TrustRemoteCode, with_shared_args
+from tokeff.cli.options import CorpusArgs, Force, Json, Model, ModelArgs, Output, TrustRemoteCode, with_shared_args
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
 from tokeff.core.options import cli_parameters, with_cli_parameters
@@ -19,7 +19,6 @@ from tokeff.core.options import cli_parameters, with_cli_parameters
 app = typer.Typer(help="Watermark generated text and detect it.", no_args_is_help=True)
 
 KeyPath = Annotated[Path, typer.Option("--key", "-k", help="A watermark key written by `tokeff watermark keygen`.")]
-Model = Annotated[str, typer.Option("--model", "-m", help="Built-in name, .gguf file, folder or hub id.")]
 Alpha = Annotated[float, typer.Option(help="Significance level of the verdict.")]
 Seed = Annotated[int | None, typer.Option(help="Random seed (sampling and each text's key offset).")]
 
@@ -84,6 +83,7 @@ def keygen(
 
 
 @app.command()
+@with_shared_args
 def generate(
     key: KeyPath,
     model: Model,
@@ -97,14 +97,11 @@ def generate(
     batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 16,
     chat: Annotated[bool, typer.Option("--chat", help="Wrap each prompt in the tokenizer's chat template.")] = False,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Always generate --max-new-tokens tokens.")] = False,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
-    trust_remote_code: TrustRemoteCode = False,
+    loader: ModelArgs = ModelArgs(),
     force: Force = False,
     json: Json = False,
 ) -> None:
     """Watermarked continuations of many prompts, generated in batches, written as JSONL."""
-    from tokeff.core.models import load_model
     from tokeff.core.textio import write_text_atomic
     from tokeff.decoding.types import DecodeConfig
     from tokeff.decoding.watermark.generation import generate_texts
@@ -121,7 +118,7 @@ def generate(
         raise TokeffError(f"{prompt_file}: no prompts")
     config = DecodeConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                           seed=seed, stop_at_eos=not ignore_eos)
-    lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    lm = loader.load(model)
     check_vocabulary(watermark, lm.tokenizer, model)
     with console.progress() as bar:
         task = bar.add_task("generating", total=len(prompts))
@@ -194,6 +191,7 @@ def _detection_line(source: str, result) -> str:
 
 
 @app.command("eval")
+@with_shared_args
 def evaluate(
     key: KeyPath,
     model: Model,
@@ -211,9 +209,7 @@ def evaluate(
     seed: Seed = 0,
     batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 16,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Artifact folder for eval.json and the plots.")] = None,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
-    trust_remote_code: TrustRemoteCode = False,
+    loader: ModelArgs = ModelArgs(),
     force: Force = False,
     json: Json = False,
 ) -> None:
@@ -224,7 +220,7 @@ def evaluate(
         key, model, human, prompts, _numbers(lengths, int, "--lengths"), _numbers(edit_rates, float, "--edit-rates"),
         texts=texts, null_texts=null_texts, human_texts=human_texts, max_new_tokens=max_new_tokens,
         edit_length=edit_length, temperature=temperature, alpha=alpha, seed=seed, batch_size=batch_size,
-        output=output, device=device, dtype=dtype, trust_remote_code=trust_remote_code, force=force,
+        output=output, load=loader.load, force=force,
     )
     if json:
         console.emit_json(result.to_json())

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
+from tokeff.core.models import LoadedModel, load_model
 from tokeff.decoding.watermark import evaluation
 
 
@@ -27,18 +29,15 @@ def run_eval(
     seed: int | None = 0,
     batch_size: int = 16,
     output: Path | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
+    load: Callable[[str], LoadedModel] | None = None,
     force: bool = False,
 ) -> evaluation.WatermarkEval:
     """Power of the key on `texts` fresh watermarked continuations, false positives on model and human text.
 
     Prompts come from `prompts` or from the first half of `human`, whose second half gives the human
-    windows. With `output`, writes a `watermark-eval` artifact: eval.json and the power plots.
+    windows. `load` loads the model spec (default: `load_model` on the CPU's defaults). With `output`, writes a `watermark-eval` artifact: eval.json and the power plots.
     """
     from tokeff.core.artifacts import ArtifactWriter, check_output_path
-    from tokeff.core.models import load_model
     from tokeff.core.textio import read_text
     from tokeff.decoding.types import DecodeConfig
     from tokeff.decoding.watermark.generation import generate_texts
@@ -56,7 +55,7 @@ def run_eval(
     key = load_key(key_path)
     human_text = read_text(human) if human is not None else None
     prompt_half, human_half = evaluation.split_corpus(human_text) if human_text else ("", "")
-    lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    lm = (load or load_model)(model)
     check_vocabulary(key, lm.tokenizer, model)
     if prompts is not None:
         prompt_list = [text for _, text in read_records(prompts, "prompt", lines=True)]

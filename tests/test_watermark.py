@@ -47,7 +47,8 @@ def test_key_round_trip_records_every_parameter(lm, tmp_path):
     assert loaded.params == {"key_length": 64, "gap": 0.5, "runs": 999, "stop_after": 20, "min_tokens": 8}
     assert loaded.vocab_sha256 == key.vocab_sha256 and loaded.model == lm.spec
     kgw_key = _key(lm, "kgw", bias=3.0)
-    assert kgw_key.params == {"green_fraction": 0.25, "bias": 3.0, "context_width": 1, "min_tokens": 8}
+    assert kgw_key.params == {"green_fraction": 0.25, "bias": 3.0, "context_width": 1, "hashing": "tokeff",
+                              "vocab_rows": 0, "min_tokens": 8}
     assert len(kgw_key.words) == 1
     assert _key(lm, "exp", seed=None).words.tolist() != _key(lm, "exp", seed=None).words.tolist()
 

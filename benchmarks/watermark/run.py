@@ -1,14 +1,17 @@
 """Watermarks on smollm2-135m: detection power, false positives, text quality, detection speed.
 
-In one run: generates watermarked texts with an `exp` and a `kgw` key and plain samples without a
-key (wikitext-2 paragraph openings as prompts, from the first half of the file), then measures
+In one run: generates watermarked texts with an `exp`, a `kgw` and a `synthid` key and plain
+samples without a key (wikitext-2 paragraph openings as prompts, from the first half of the file),
+then measures, for the three schemes side by side,
 - power: share of watermarked texts detected at p <= 0.01, against length and random edits,
 - false positives at alpha 0.01 on text that never saw the key: the model's plain samples, the
-  other scheme's watermarked texts, and human text (windows of the second half of wikitext-2),
+  other schemes' watermarked texts, and human text (windows of the second half of wikitext-2, and
+  of tinyshakespeare past the 60,000 characters the unit tests train their tokenizers on),
 - quality: the model's own negative log-likelihood of each set of continuations (distortion-free
   sampling should match plain sampling; kgw's bias should not),
 - speed of the exp detector (key length 256, 200-token texts): the Numba kernels against a
-  straightforward NumPy version of the same statistic and the same Monte Carlo test.
+  straightforward NumPy version of the same statistic and the same Monte Carlo test; and the
+  full test's texts/s of each scheme.
 Writes docs/watermark.md, docs/watermark.json and the plots docs/watermark_*.png. The timed part
 (detection speed) holds /tmp/tokeff-bench.lock itself, so other benchmarks on a shared machine
 do not run during it; generation and the (untimed) power measurements do not hold it.
@@ -31,6 +34,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "wikitext2-valid.txt"
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+SHAKESPEARE_SKIP = 60_000  # characters tests/tiny_models.py trains tokenizers on
+SCHEMES = ("exp", "kgw", "synthid")
 
 
 def log(message: str) -> None:
@@ -63,7 +69,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--texts", type=int, default=48, help="watermarked texts per scheme")
     parser.add_argument("--null-texts", type=int, default=48, help="plain model samples")
-    parser.add_argument("--human-texts", type=int, default=600)
+    parser.add_argument("--human-texts", type=int, default=600, help="wikitext-2 windows")
+    parser.add_argument("--shakespeare-texts", type=int, default=300, help="tinyshakespeare windows")
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for generation")
@@ -75,7 +82,13 @@ def main() -> None:
     parser.add_argument("--numpy-texts", type=int, default=2, help="texts the (slow) NumPy detector runs on")
     parser.add_argument("--generations", type=Path, help="cache of the generated texts (reused if it exists)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    parser.add_argument("--lock-held", action="store_true",
+                        help="the caller holds /tmp/tokeff-bench.lock (flock ... run.py --lock-held): do not take it again")
+    parser.add_argument("--render-only", action="store_true", help="rewrite watermark.md from watermark.json")
     args = parser.parse_args()
+    if args.render_only:
+        rerender(args.docs)
+        return
 
     import torch
     from transformers.utils import logging as hf_logging
@@ -93,19 +106,21 @@ def main() -> None:
     tokenizer = lm.tokenizer
     prompt_half, human_half = evaluation.split_corpus(read_text(DATA))
     # Fixed seeds make the run reproducible; a real key comes from `tokeff watermark keygen` without --seed.
-    keys = {"exp": make_key("exp", tokenizer, args.model, seed=101), "kgw": make_key("kgw", tokenizer, args.model, seed=102)}
+    keys = {scheme: make_key(scheme, tokenizer, args.model, seed=101 + index) for index, scheme in enumerate(SCHEMES)}
     generations, generation_seconds = generate_all(args, lm, keys, prompt_half)
     human = evaluation.human_windows(tokenizer, human_half, args.human_texts, args.max_new_tokens)
+    shakespeare = evaluation.human_windows(tokenizer, read_text(SHAKESPEARE)[SHAKESPEARE_SKIP:],
+                                           args.shakespeare_texts, args.max_new_tokens)
     lengths = [int(v) for v in args.lengths.split(",")]
     rates = [float(v) for v in args.edit_rates.split(",")]
 
     evals = {}
     for scheme, key in keys.items():
-        other = "kgw" if scheme == "exp" else "exp"
         unwatermarked = {
             "model, no key": [g["token_ids"] for g in generations["plain"]],
-            f"model, {other} key": [g["token_ids"] for g in generations[other]],
+            **{f"model, {other} key": [g["token_ids"] for g in generations[other]] for other in keys if other != scheme},
             "human (wikitext-2)": human,
+            "human (tinyshakespeare)": shakespeare,
         }
         log(f"evaluating {scheme}")
         evals[scheme] = evaluation.evaluate_detection(
@@ -116,8 +131,9 @@ def main() -> None:
     log("quality")
     quality = {name: continuation_nll(lm, items) for name, items in generations.items()}
     log("throughput (waiting for the benchmark lock)")
-    with bench_lock():
+    with contextlib.nullcontext() if args.lock_held else bench_lock():
         speed = throughput(args, keys["exp"], generations["exp"], human)
+        speed["schemes"] = scheme_speed(args, keys, generations, human)
     results = {
         "model": args.model,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -137,6 +153,20 @@ def main() -> None:
     log(f"wrote {args.docs / 'watermark.md'} in {results['total_seconds']:.0f} s")
 
 
+def rerender(docs: Path) -> None:
+    """watermark.md and the plots again from the measured watermark.json (after editing the prose here)."""
+    from dataclasses import fields
+
+    from tokeff.decoding.watermark import evaluation
+
+    results = json.loads((docs / "watermark.json").read_text())
+    names = {f.name for f in fields(evaluation.WatermarkEval)}
+    evals = {scheme: evaluation.WatermarkEval(**{k: v for k, v in entry.items() if k in names})
+             for scheme, entry in results["evaluations"].items()}
+    evaluation.plot_power(list(evals.values()), docs, prefix="watermark_")
+    (docs / "watermark.md").write_text(render(results, evals))
+
+
 def generate_all(args, lm, keys, prompt_half):
     """Watermarked texts per scheme and plain samples, each from its own prompts; cached if asked."""
     if args.generations and args.generations.exists():
@@ -146,11 +176,12 @@ def generate_all(args, lm, keys, prompt_half):
     from tokeff.decoding.watermark import evaluation
     from tokeff.decoding.watermark.generation import generate_texts
 
-    total = 2 * args.texts + args.null_texts
+    total = len(keys) * args.texts + args.null_texts
     prompts = evaluation.prompts_from_text(lm.tokenizer, prompt_half, total)
     config = DecodeConfig(max_new_tokens=args.max_new_tokens, temperature=1.0, seed=7, stop_at_eos=False)
-    plan = {"exp": (keys["exp"], prompts[: args.texts]), "kgw": (keys["kgw"], prompts[args.texts : 2 * args.texts]),
-            "plain": (None, prompts[2 * args.texts :])}
+    plan = {scheme: (key, prompts[index * args.texts : (index + 1) * args.texts])
+            for index, (scheme, key) in enumerate(keys.items())}
+    plan["plain"] = (None, prompts[len(keys) * args.texts :])
     generations, seconds = {}, {}
     for name, (key, chunk) in plan.items():
         log(f"generating {len(chunk)} {name} texts of {args.max_new_tokens} tokens")
@@ -239,11 +270,26 @@ def throughput(args, key, marked, human) -> dict:
     }
 
 
+def scheme_speed(args, keys, generations, human) -> dict:
+    """Full tests per second of each scheme on its own watermarked texts and on human windows."""
+    from tokeff.decoding.watermark.detection import detect_tokens
+
+    speeds = {}
+    for scheme, key in keys.items():
+        marked = [g["token_ids"] for g in generations[scheme][: args.throughput_texts]]
+        plain = human[: args.throughput_texts]
+        detect_tokens(key, marked[:1])  # compile and warm caches outside the timing
+        _, marked_seconds = timed(lambda: detect_tokens(key, marked))
+        _, plain_seconds = timed(lambda: detect_tokens(key, plain))
+        speeds[scheme] = {"watermarked": len(marked) / marked_seconds, "human": len(plain) / plain_seconds}
+    return speeds
+
+
 def render(results: dict, evals: dict) -> str:
     s = results["settings"]
     speed = results["throughput"]
     lines = [
-        "# Watermarks: exp (distortion-free, edit-robust) and kgw (green list)",
+        "# Watermarks: exp (distortion-free, edit-robust), kgw (green list) and synthid (tournament)",
         "",
         f"Model `{results['model']}`, sampling at temperature 1, {s['max_new_tokens']}-token continuations of "
         f"wikitext-2 paragraph openings (32 tokens, first half of `wikitext2-valid.txt`). Measured "
@@ -255,13 +301,14 @@ def render(results: dict, evals: dict) -> str:
         "```sh",
         "python benchmarks/watermark/run.py"
         + "".join(f" --{k.replace('_', '-')} {v}" for k, v in s.items()
-                  if k in ("texts", "null_texts", "human_texts", "max_new_tokens", "lengths", "edit_rates",
+                  if k in ("texts", "null_texts", "human_texts", "shakespeare_texts", "max_new_tokens", "lengths", "edit_rates",
                            "edit_length", "windows_per_text", "batch_size", "threads")),
         "```",
         "",
         "Size of this run: "
         f"{s['texts']} watermarked texts per scheme and {s['null_texts']} plain samples of {s['max_new_tokens']} "
-        f"tokens, {s['human_texts']} human windows. Generation ran at "
+        f"tokens, {s['human_texts']} human windows of wikitext-2 and {s['shakespeare_texts']} of tinyshakespeare "
+        f"(past its first 60,000 characters, which the unit tests train on). Generation ran at "
         f"{sum(results['generated_tokens'].values()) / sum(results['generation_seconds'].values()):.0f} "
         f"tokens/s ({s['threads']} torch thread(s), batches of {s['batch_size']}) on a machine shared with other "
         "jobs, which is what bounds the number of generated texts; the 95% intervals below say how much that "
@@ -327,10 +374,12 @@ def render(results: dict, evals: dict) -> str:
         *[f"| {name} | {entry['texts']} | {entry['mean_nll']:.3f} | {entry['stderr']:.3f} |" for name, entry in q.items()],
         "",
         *[f"- {name} - plain: {q[name]['mean_nll'] - q['plain']['mean_nll']:+.3f} nats/token "
-          f"(+/- {2 * np.hypot(q[name]['stderr'], q['plain']['stderr']):.3f}, two standard errors)" for name in ("exp", "kgw")],
+          f"(+/- {2 * np.hypot(q[name]['stderr'], q['plain']['stderr']):.3f}, two standard errors)" for name in results["keys"]],
         "",
         "Exponential-minimum sampling is an exact sample from the model over the random key, so its texts "
-        "should score like plain samples; kgw adds `bias` to the green logits, which moves the distribution.",
+        "should score like plain samples; kgw adds `bias` to the green logits, which moves the distribution; "
+        "synthid's tournament leaves the distribution unchanged on average over keys (with one key and a "
+        "repeated context left unwatermarked, it is close to, not exactly, the model's).",
         "",
         f"## exp detection speed ({speed['tokens_per_text']}-token texts, key length {speed['key_length']}, "
         f"{speed['runs']} Monte Carlo runs)",
@@ -350,6 +399,16 @@ def render(results: dict, evals: dict) -> str:
         f"text's tokens) and ran on {speed['watermarked_texts_per_s']['numpy_texts']} texts, the Numba kernels on "
         f"{speed['watermarked_texts_per_s']['numba_texts']}. The machine is shared, so absolute rates are noisy; "
         "the ratios were measured side by side.",
+        "",
+        "### Full detection test of each scheme (texts/s)",
+        "",
+        "| scheme | watermarked texts/s | human texts/s |", "| --- | --- | --- |",
+        *[f"| {name} | {entry['watermarked']:.1f} | {entry['human']:.1f} |" for name, entry in speed["schemes"].items()],
+        "",
+        f"On {s['throughput_texts']} texts of each kind, {s['max_new_tokens']} tokens. exp runs Numba kernels (its "
+        "sequential test stops early on human text); kgw is one binomial tail; synthid is NumPy: the g-values of "
+        f"the text's fresh n-grams under {results['keys']['synthid']['runs']} random keys "
+        f"(depth {results['keys']['synthid']['depth']}), every run, since its Monte Carlo test does not stop early.",
         "",
         "## How the exp p-value works",
         "",

@@ -1,4 +1,4 @@
-"""`tokeff watermark keygen|generate|detect|eval`: watermark keys, watermarked text, detection, evaluation."""
+"""`tokeff watermark keygen|export|generate|detect|eval`: keys, transformers configs, watermarked text, detection, evaluation."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def keygen(
     scheme: Annotated[str, typer.Option(help="Watermark scheme: exp (distortion-free, edit-robust), kgw (green list) or synthid (tournament).")] = "exp",
     param: Annotated[list[str] | None, typer.Option("--param", help="A key parameter as KEY=VALUE (repeatable), instead of its flag.")] = None,
     seed: Annotated[int | None, typer.Option(help="Derive the secret from this seed (reproducible, so not secret).")] = None,
-    from_transformers: Annotated[Path | None, typer.Option(help="A transformers watermarking config (JSON) to read the key from (with --scheme).")] = None,
+    from_transformers: Annotated[Path | None, typer.Option(help="A transformers watermarking config (JSON) to read the key from: --scheme synthid or kgw.")] = None,
     trust_remote_code: TrustRemoteCode = False,
     force: Force = False,
     json: Json = False,
@@ -80,6 +80,30 @@ def keygen(
         console.emit_json(summary)
     else:
         console.stdout.print(f"{output}\t{scheme}\t" + " ".join(f"{k}={v}" for k, v in key.params.items()))
+
+
+@app.command()
+def export(
+    key: KeyPath,
+    output: Annotated[Path, typer.Option("-o", "--output", help="The transformers watermarking config (JSON) to write.")],
+    force: Force = False,
+    json: Json = False,
+) -> None:
+    """Write a key as a transformers watermarking config, for `model.generate(watermarking_config=...)`.
+
+    synthid keys become a SynthIDTextWatermarkingConfig, kgw keys made with --hashing lefthash or selfhash a
+    WatermarkingConfig. The file holds the key's secret.
+    """
+    from tokeff.core.textio import write_text_atomic
+    from tokeff.decoding.watermark.keys import load_key
+
+    watermark = load_key(key)
+    config = watermark.rule.to_transformers()
+    write_text_atomic(output, jsonlib.dumps(config, indent=2) + "\n", force=force)
+    if json:
+        console.emit_json({"output": str(output), "scheme": watermark.scheme, "fields": sorted(config)})
+    else:
+        console.stdout.print(f"{output}\t{watermark.scheme}\t" + " ".join(sorted(config)))
 
 
 @app.command()

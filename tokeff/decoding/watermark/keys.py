@@ -67,7 +67,7 @@ def vocab_sha256(tokenizer) -> str:
 def make_key(scheme: str, tokenizer, model: str, seed: int | None = None, **overrides: Any) -> WatermarkKey:
     """A fresh key: secret words from the OS (or from `seed`, for reproducible tests and demos)."""
     cls = SCHEMES.get(scheme)
-    params = cls.parameters(overrides)
+    params = cls.for_model(cls.parameters(overrides), model)
     count = cls.word_count(params)
     if seed is None:
         words = np.array([secrets.randbits(64) for _ in range(count)], dtype=np.uint64)
@@ -78,7 +78,9 @@ def make_key(scheme: str, tokenizer, model: str, seed: int | None = None, **over
 
 def key_from_transformers(scheme: str, config: dict[str, Any], tokenizer, model: str) -> WatermarkKey:
     """The key a transformers watermarking config stands for, so tokeff detects what `generate` watermarked."""
-    params, words = SCHEMES.get(scheme).from_transformers(config)
+    cls = SCHEMES.get(scheme)
+    params, words = cls.from_transformers(config)
+    params = cls.for_model(params, model)
     return WatermarkKey(scheme, words, params, len(tokenizer), vocab_sha256(tokenizer), model)
 
 

@@ -108,6 +108,15 @@ class WatermarkScheme(ABC):
         """Key parameters and secret words from a transformers watermarking config (its `to_dict()`)."""
         raise TokeffError(f"the {cls.name} scheme cannot read a transformers watermarking config")
 
+    @classmethod
+    def for_model(cls, params: Mapping[str, Any], model: str) -> dict[str, Any]:
+        """The parameters completed with what the model decides (kgw's transformers hashing: its vocabulary rows)."""
+        return dict(params)
+
+    def to_transformers(self) -> dict[str, Any]:
+        """This key as a transformers watermarking config (its `to_dict()`), for `generate(watermarking_config=...)`."""
+        raise TokeffError(f"transformers has no {self.name} watermark to export this key to")
+
     def check_sampling(self, config: DecodeConfig) -> None:
         """Refuses a decoding configuration the scheme cannot watermark (before any model loads)."""
 

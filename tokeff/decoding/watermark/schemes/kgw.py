@@ -6,18 +6,34 @@ green_fraction, where word(c) chains the key word through the context tokens. De
 makes the pairs independent Bernoulli(green_fraction) under the null, so that the binomial tail is
 exact. Detection counts each distinct (context, token) pair once: a repeated phrase is one piece
 of evidence, not many, and counting it again would break the binomial null.
+
+`hashing` lefthash or selfhash instead draws green lists as transformers' `WatermarkLogitsProcessor`
+does (`torch.randperm` of the model's `vocab_rows`, seeded from the key and the context), so tokeff
+detects what `generate(watermarking_config=WatermarkingConfig(...))` wrote and the reverse
+(`keygen --from-transformers`, `watermark export`). A context's green list then has exactly
+int(vocab_rows * green_fraction) tokens, so the green count of a context's distinct tokens is
+hypergeometric; the p-value is the exact tail of the sum over contexts (distinct green-list seeds).
+Where the two differ, tokeff follows transformers: the bias is added after temperature/top-k/top-p
+in `watermark generate` (transformers appends its processor last); the green lists are drawn on the
+CPU (transformers' generator on a GPU differs); detection counts each distinct (seed, token) once,
+like `WatermarkDetector(ignore_repeated_ngrams=True)` (without it, transformers' z-score counts
+repeats and its normal p-value is not exact).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import binom
+from scipy.stats import binom, hypergeom
 from transformers import LogitsProcessor
 
 from tokeff.core.errors import TokeffError
+from tokeff.core.model_checks import text_config
+from tokeff.core.resolve import model_folder
 from tokeff.core.options import Option
 from tokeff.decoding.sampling import TokenChooser
 from tokeff.decoding.types import DecodeConfig
@@ -41,6 +57,83 @@ def green_mask(key: WatermarkKey, contexts: np.ndarray, vocab_size: int) -> np.n
     return keyed_uniforms(words[:, None], np.arange(vocab_size)[None, :]) < key["green_fraction"]
 
 
+TRANSFORMERS = ("lefthash", "selfhash")  # transformers' seeding schemes
+TABLE_SIZE = 1_000_003  # transformers' `fixed_table` for selfhash
+MAX_CANDIDATES = 40  # selfhash biases only the top candidates that are green under their own seed (transformers)
+
+
+class TransformersGreenLists:
+    """transformers' `WatermarkLogitsProcessor` green lists for one key, on the CPU."""
+
+    def __init__(self, key: WatermarkKey) -> None:
+        self.key = key
+        self.hashing_key = hashing_key(key.words[0])
+        self.rows = key["vocab_rows"]
+        self.size = int(self.rows * key["green_fraction"])
+
+    @cached_property
+    def table(self) -> torch.Tensor:
+        return torch.randperm(TABLE_SIZE, generator=torch.Generator().manual_seed(self.hashing_key))
+
+    def seed(self, window: Sequence[int]) -> int:
+        """transformers' `set_seed`: lefthash from the last token, selfhash from the window ending with the token."""
+        window = list(window)[-self.key["context_width"] :]
+        if self.key["hashing"] == "lefthash":
+            return (self.hashing_key * window[-1]) % (2**64 - 1)
+        ids = torch.tensor(window)
+        a, b = self.table[ids % TABLE_SIZE] + 1, self.table[ids[-1] % TABLE_SIZE] + 1
+        return (self.hashing_key * a * b).min().item() % (2**64 - 1)
+
+    def green(self, seed: int) -> torch.Tensor:
+        return torch.randperm(self.rows, generator=torch.Generator().manual_seed(seed))[: self.size]
+
+    def mask(self, logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Boolean [rows, vocab] of the tokens transformers biases (none before `context_width` tokens)."""
+        if logits.shape[-1] != self.rows:
+            raise TokeffError(f"this kgw key draws green lists over {self.rows} vocabulary rows (the model's "
+                              f"config.vocab_size when it was made), but the model has {logits.shape[-1]}")
+        mask = torch.zeros(logits.shape, dtype=torch.bool)
+        if input_ids.shape[-1] < self.key["context_width"]:
+            return mask
+        for row, history in enumerate(input_ids.cpu().tolist()):
+            if self.key["hashing"] == "lefthash":
+                mask[row, self.green(self.seed(history))] = True
+                continue
+            for candidate in logits[row].argsort(descending=True)[:MAX_CANDIDATES].tolist():
+                if (self.green(self.seed(history + [candidate])) == candidate).any():
+                    mask[row, candidate] = True
+        return mask
+
+    def score(self, tokens: np.ndarray) -> Score:
+        """Exact test over the text's distinct (green-list seed, token) pairs: a sum of hypergeometric counts."""
+        width, fraction = self.key["context_width"], self.key["green_fraction"]
+        # the seed comes from `width` tokens: the context (lefthash), or the context ending with the token (selfhash)
+        span = width if self.key["hashing"] == "selfhash" else width + 1
+        tokens = np.asarray(tokens, dtype=np.int64).tolist()
+        pairs = {(self.seed(tokens[start : start + width]), tokens[start + span - 1])
+                 for start in range(len(tokens) - span + 1)}
+        groups: dict[int, list[int]] = {}
+        for seed, token in pairs:
+            groups.setdefault(seed, []).append(token)
+        green, pmf, floor = 0, np.ones(1), 1.0
+        for seed, members in groups.items():
+            green += int(np.isin(members, self.green(seed).numpy()).sum())
+            counts = hypergeom(self.rows, self.size, len(members))
+            pmf = np.convolve(pmf, counts.pmf(np.arange(len(members) + 1)))
+            floor *= counts.pmf(len(members))
+        scored = len(pairs)
+        if scored == 0:
+            return Score(0.0, 1.0, 1.0, {"scored_pairs": 0, "green": 0})
+        z = (green - fraction * scored) / np.sqrt(scored * fraction * (1 - fraction))  # transformers' z-score
+        p_value = float(min(1.0, pmf[green:].sum()))
+        return Score(float(z), p_value, floor, {"scored_pairs": scored, "green": green})
+
+
+def hashing_key(word: np.uint64) -> int:
+    """transformers' `hashing_key` of a key word: its top 63 bits (transformers multiplies it in int64)."""
+    return int(word) >> 1
+
+
 def score_tokens(key: WatermarkKey, tokens: np.ndarray) -> Score:
     """z-score of the green count (for reading; the p-value is the exact binomial tail) over distinct pairs."""
     width, fraction = key["context_width"], key["green_fraction"]
@@ -58,10 +151,13 @@ def score_tokens(key: WatermarkKey, tokens: np.ndarray) -> Score:
     return Score(float(z), p_value, fraction**scored, {"scored_pairs": scored, "green": green})
 
 
-def kgw_bias(key: WatermarkKey, logits: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
-    """Logits [rows, vocab] plus `bias` on the green list of each row's context [rows, width]."""
-    green = green_mask(key, contexts.cpu().numpy(), logits.shape[-1])
-    return logits + key["bias"] * torch.from_numpy(green).to(device=logits.device, dtype=logits.dtype)
+def kgw_bias(key: WatermarkKey, logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Logits [rows, vocab] plus `bias` on the green list of each row's context (the end of input_ids [rows, length])."""
+    if key["hashing"] in TRANSFORMERS:
+        green = key.rule.transformers_green.mask(logits, input_ids)
+    else:
+        green = torch.from_numpy(green_mask(key, input_ids[:, -key["context_width"] :].cpu().numpy(), logits.shape[-1]))
+    return logits + key["bias"] * green.to(device=logits.device, dtype=logits.dtype)
 
 
 class KgwChooser(TokenChooser):
@@ -72,10 +168,8 @@ class KgwChooser(TokenChooser):
         self.key = key
 
     def choose(self, logits: torch.Tensor, history: Sequence[int]) -> int:
-        width = self.key["context_width"]
-        if len(history) >= width:
-            context = torch.tensor([list(history[-width:])])
-            logits = kgw_bias(self.key, logits.reshape(1, -1).float(), context)[0]
+        if len(history) >= self.key["context_width"]:
+            logits = kgw_bias(self.key, logits.reshape(1, -1).float(), torch.tensor([list(history)]))[0]
         return int(logits.argmax()) if self.greedy else super().sample(self.distribution(logits))
 
     def sample(self, probs: torch.Tensor) -> int:
@@ -88,7 +182,7 @@ class KgwLogitsProcessor(LogitsProcessor):
         self.key = key
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return kgw_bias(self.key, scores, input_ids[:, -self.key["context_width"] :])
+        return kgw_bias(self.key, scores, input_ids)
 
 
 @SCHEMES.register
@@ -100,8 +194,50 @@ class Kgw(WatermarkScheme):
                min=0, max=1, min_exclusive=True, max_exclusive=True),
         Option("bias", float, 2.0, "Logit bias of green tokens.", min=0, max=100, min_exclusive=True),
         Option("context_width", int, 1, "Previous tokens that seed the green list.", min=1, max=16),
+        Option("hashing", str, "tokeff", "Green lists: tokeff's (independent per token, exact binomial test) or "
+               "transformers' lefthash/selfhash (its WatermarkLogitsProcessor).", choices=("tokeff", *TRANSFORMERS)),
+        Option("vocab_rows", int, 0, "lefthash/selfhash: vocabulary rows transformers permutes (the model's "
+               "config.vocab_size; 0: read it from the model at keygen).", min=0),
         MIN_TOKENS,
     )
+    # transformers' WatermarkingConfig fields and the tokeff parameters they set
+    TRANSFORMERS_FIELDS = {"greenlist_ratio": "green_fraction", "bias": "bias", "seeding_scheme": "hashing",
+                           "context_width": "context_width"}
+
+    @classmethod
+    def for_model(cls, params: Mapping[str, Any], model: str) -> dict[str, Any]:
+        if params["hashing"] not in TRANSFORMERS or params["vocab_rows"]:
+            return dict(params)
+        rows = text_config(model_folder(model)).get("vocab_size")
+        if not isinstance(rows, int) or rows < 1:
+            raise TokeffError(f"{model}: its config has no vocab_size; pass --vocab-rows")
+        return {**params, "vocab_rows": rows}
+
+    @classmethod
+    def from_transformers(cls, config: Mapping[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+        """From `WatermarkingConfig(...).to_dict()`: its hashing_key becomes the secret word."""
+        unknown = sorted(set(config) - set(cls.TRANSFORMERS_FIELDS) - {"hashing_key", "watermarking_type"})
+        if unknown:
+            raise TokeffError(f"unknown WatermarkingConfig field(s): {', '.join(unknown)}")
+        key = config.get("hashing_key", 15485863)  # transformers' default
+        if not isinstance(key, int) or isinstance(key, bool) or not 0 <= key < 2**63:
+            raise TokeffError("a WatermarkingConfig's 'hashing_key' must be an integer in [0, 2**63)")
+        given = {name: config[field] for field, name in cls.TRANSFORMERS_FIELDS.items() if field in config}
+        params = cls.parameters({"hashing": "lefthash", **given})
+        if params["hashing"] not in TRANSFORMERS:
+            raise TokeffError(f"seeding_scheme must be one of {', '.join(TRANSFORMERS)}")
+        return params, np.array([key << 1], dtype=np.uint64)
+
+    def to_transformers(self) -> dict[str, Any]:
+        if self.key["hashing"] not in TRANSFORMERS:
+            raise TokeffError("this kgw key uses tokeff's green lists, which transformers cannot draw; "
+                              "make a key with --hashing lefthash (or selfhash) to share it")
+        config = {field: self.key[name] for field, name in self.TRANSFORMERS_FIELDS.items()}
+        return {**config, "hashing_key": hashing_key(self.key.words[0])}
+
+    @cached_property
+    def transformers_green(self) -> TransformersGreenLists:
+        return TransformersGreenLists(self.key)
 
     def chooser(self, config: DecodeConfig, offset: int | None = None) -> TokenChooser:
         return KgwChooser(config, self.key)
@@ -110,4 +246,6 @@ class Kgw(WatermarkScheme):
         return KgwLogitsProcessor(self.key)
 
     def score(self, texts: Sequence[np.ndarray]) -> list[Score]:
+        if self.key["hashing"] in TRANSFORMERS:
+            return [self.transformers_green.score(tokens) for tokens in texts]
         return [score_tokens(self.key, tokens) for tokens in texts]

@@ -178,6 +178,12 @@ class SynthId(WatermarkScheme):
         params = cls.parameters({"depth": len(keys), **{name: config[name] for name in fields if name in config}})
         return params, np.array(keys, dtype=np.int64).view(np.uint64)
 
+    def to_transformers(self) -> dict[str, Any]:
+        fields = ("ngram_len", "context_history_size", "sampling_table_size", "sampling_table_seed",
+                  "skip_first_ngram_calls")
+        return {"keys": self.keys.view(np.int64).tolist(), **{name: self.key[name] for name in fields},
+                "debug_mode": False}
+
     @cached_property
     def table(self) -> np.ndarray:
         return sampling_table(self.key["sampling_table_size"], self.key["sampling_table_seed"])

@@ -133,3 +133,44 @@ def test_a_key_written_before_a_detection_option_existed_still_verifies_and_dete
     broken = replace(key, params={name: value for name, value in key.params.items() if name != "ngram_len"})
     save_key(broken, tmp_path / "broken")
     assert "key parameter 'ngram_len' is missing" in run_cli("verify", tmp_path / "broken", check=1).stderr
+
+
+def test_bayesian_detector_trains_saves_verifies_and_separates(lm, tmp_path):
+    """Trained on our own texts, its posterior separates held-out watermarked from plain text; tampering is caught."""
+    from tokeff.decoding.watermark import bayesian
+    from tokeff.decoding.watermark.keys import save_key
+
+    key = make_key("synthid", lm.tokenizer, lm.spec, seed=6, depth=10, runs=99)
+    save_key(key, tmp_path / "k")
+    config = DecodeConfig(max_new_tokens=40, temperature=1.0, seed=4, stop_at_eos=False)
+    prompts = [f"Scene {index}: to be" for index in range(16)]
+    marked = generate_texts(lm, prompts, key, config, batch_size=16)
+    plain = generate_texts(lm, prompts, None, config, batch_size=16)
+    for name, items in (("marked", marked), ("plain", plain)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(item.to_json()) + "\n" for item in items))
+    # the CLI trains on texts, re-tokenized; this random model's samples are not canonical tokenizations, so
+    # re-tokenizing scrambles their n-grams: the plumbing is checked here, the separation on token ids below
+    result = run_cli("watermark", "train-detector", "--key", tmp_path / "k", "--watermarked", tmp_path / "marked.jsonl",
+                     "--unwatermarked", tmp_path / "plain.jsonl", "-o", tmp_path / "det", "--json", check=0)
+    assert json.loads(result.stdout)["held_out_texts"] == 8
+    run_cli("verify", tmp_path / "det", check=0)
+    ids = [np.array(item.token_ids) for item in marked + plain]
+    trained = bayesian.train_detector(key, ids[:12], ids[16:28])  # 4 of each kind never seen in training
+    assert trained.metrics["held_out_accuracy"] == 1.0
+    posteriors = trained.posteriors(key, ids[12:16] + ids[28:])
+    assert min(posteriors[:4]) > 0.99 and max(posteriors[4:]) < 0.01
+    bayesian.save_detector(trained, key, tmp_path / "det", force=True)
+    detector = bayesian.load_detector(tmp_path / "det")
+    assert np.allclose(detector.posteriors(key, ids[12:16] + ids[28:]), posteriors)
+    result = run_cli("watermark", "detect", "--key", tmp_path / "k", "--detector", tmp_path / "det",
+                     tmp_path / "marked.jsonl", "--json", check=0)
+    assert all(0 <= row["details"]["posterior"] <= 1 for row in json.loads(result.stdout))
+    # bound to its key: another key's texts are refused, not scored
+    other = make_key("synthid", lm.tokenizer, lm.spec, seed=7, depth=10)
+    with pytest.raises(Exception, match="trained for another key"):
+        detector.posteriors(other, [np.array(ids[0])])
+    # its weights are hash-checked
+    data = bytearray((tmp_path / "det" / bayesian.WEIGHTS).read_bytes())
+    data[-1] ^= 1
+    (tmp_path / "det" / bayesian.WEIGHTS).write_bytes(bytes(data))
+    assert "modified" in run_cli("verify", tmp_path / "det", check=1).stderr

@@ -165,6 +165,7 @@ def detect(
     files: Annotated[list[Path], typer.Argument(help="Text files (one text each), .jsonl files (a 'text' per line) or -.")],
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer (model spec); default: the key's model.")] = None,
     alpha: Alpha = 0.01,
+    detector: Annotated[Path | None, typer.Option(help="synthid: also report the posterior of a `train-detector` artifact.")] = None,
     trust_remote_code: TrustRemoteCode = False,
     json: Json = False,
     corpus_args: CorpusArgs = CorpusArgs(),
@@ -175,26 +176,25 @@ def detect(
     Exit 1 if any text could not be tested (empty or shorter than the key's min_tokens).
     With -o (corpus mode): files, folders, globs, JSONL or Parquet; one row per document, a summary on stdout.
     """
-    from tokeff.core.models import load_tokenizer
+    from tokeff.decoding.watermark.bayesian import load_detector
     from tokeff.decoding.watermark.detection import detect_texts
-    from tokeff.decoding.watermark.keys import check_vocabulary, load_key
+    from tokeff.decoding.watermark.keys import key_tokenizer, load_key
     from tokeff.decoding.watermark.records import read_records
 
     if not 0 < alpha < 1:
         raise TokeffError(f"--alpha must be in (0, 1), got {alpha}")
+    if corpus_args.output is not None and detector is not None:
+        raise TokeffError("--detector is not available in corpus mode (-o)")
     if corpus_args.output is not None:
         params = dict(key=str(key), tokenizer=tokenizer, alpha=alpha, overrides=overrides,
                       trust_remote_code=trust_remote_code)
         corpus.run_corpus("watermark", params, files, corpus_args, json)
         return
     watermark = load_key(key).for_detection(overrides)
+    trained = load_detector(detector) if detector is not None else None
     records = [record for path in files for record in read_records(path, "text", lines=False)]
-    spec = tokenizer or watermark.model
-    if not spec:
-        raise TokeffError(f"{key}: the key names no model; pass --tokenizer")
-    loaded = load_tokenizer(spec, trust_remote_code=trust_remote_code)
-    check_vocabulary(watermark, loaded, spec)
-    results = detect_texts(watermark, loaded, [text for _, text in records], alpha=alpha)
+    loaded = key_tokenizer(watermark, tokenizer, trust_remote_code)
+    results = detect_texts(watermark, loaded, [text for _, text in records], alpha=alpha, detector=trained)
     if json:
         console.emit_json([{"source": source, "scheme": watermark.scheme, "alpha": alpha, **result.to_json()}
                            for (source, _), result in zip(records, results)])
@@ -211,7 +211,47 @@ def _detection_line(source: str, result) -> str:
     verdict = "watermarked" if result.watermarked else "not watermarked"
     at_floor = result.p_floor is not None and result.p_value <= result.p_floor * (1 + 1e-9)
     p_value = f"p<={result.p_floor:.2g}" if at_floor else f"p={result.p_value:.3g}"
-    return f"{source}\t{verdict}\t{p_value}\tstatistic={result.statistic:.2f}\ttokens={result.tokens}"
+    posterior = f"\tposterior={result.details['posterior']:.3g}" if "posterior" in result.details else ""
+    return f"{source}\t{verdict}\t{p_value}\tstatistic={result.statistic:.2f}\ttokens={result.tokens}{posterior}"
+
+
+@app.command("train-detector")
+def train_detector(
+    key: KeyPath,
+    watermarked: Annotated[list[Path], typer.Option(help="Watermarked texts: files or .jsonl ('text' per line); repeatable.")],
+    unwatermarked: Annotated[list[Path], typer.Option(help="Texts that never saw the key, same formats; repeatable.")],
+    output: Output,
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer (model spec); default: the key's model.")] = None,
+    steps: Annotated[int, typer.Option(help="Adam steps over the training texts.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out split and the initial weights.")] = 0,
+    trust_remote_code: TrustRemoteCode = False,
+    force: Force = False,
+    json: Json = False,
+) -> None:
+    """Train SynthID's Bayesian detector on your own texts (optional: `detect` needs no training).
+
+    A quarter of the texts is held out; the artifact records the accuracy on them.
+    """
+    from tokeff.decoding.watermark import bayesian
+    from tokeff.decoding.watermark.keys import key_tokenizer, load_key
+    from tokeff.decoding.watermark.records import read_records
+
+    if steps < 1:
+        raise TokeffError("--steps must be >= 1")
+    watermark = load_key(key)
+    loaded = key_tokenizer(watermark, tokenizer, trust_remote_code)
+
+    def tokens(paths: list[Path]) -> list:
+        texts = [text for path in paths for _, text in read_records(path, "text", lines=False)]
+        return loaded(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    trained = bayesian.train_detector(watermark, tokens(watermarked), tokens(unwatermarked), steps=steps, seed=seed)
+    bayesian.save_detector(trained, watermark, output, force=force)
+    if json:
+        console.emit_json({"output": str(output), **trained.metrics})
+    else:
+        console.stdout.print(f"{output}\theld-out accuracy {trained.metrics['held_out_accuracy']:.1%} "
+                             f"({trained.metrics['held_out_texts']} texts)")
 
 
 @app.command("eval")

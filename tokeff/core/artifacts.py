@@ -39,6 +39,7 @@ _READABLE_VERSIONS = (1, 2)  # version 1 (no digest) is still read: caches conve
 # returns a list of problems.
 KIND_CHECKS: dict[str, str] = {
     "watermark-key": "tokeff.decoding.watermark.keys:check_key_artifact",
+    "watermark-detector": "tokeff.decoding.watermark.bayesian:check_detector_artifact",
     "kvquant": "tokeff.kvquant.artifact:check_artifact",
     "tokenizer": "tokeff.tokenizers_tools.artifact:check_tokenizer_artifact",
 }

@@ -96,13 +96,7 @@ def _base(doc: dict) -> dict:
 
 
 def _load_watermark(params: dict):
-    from tokeff.core.models import load_tokenizer
-    from tokeff.decoding.watermark.keys import check_vocabulary, load_key
+    from tokeff.decoding.watermark.keys import key_tokenizer, load_key
 
     key = load_key(Path(params["key"])).for_detection(params.get("overrides", {}))
-    spec = params.get("tokenizer") or key.model
-    if not spec:
-        raise TokeffError(f"{params['key']}: the key names no model; pass --tokenizer")
-    tokenizer = load_tokenizer(spec, trust_remote_code=params.get("trust_remote_code", False))
-    check_vocabulary(key, tokenizer, spec)
-    return key, tokenizer
+    return key, key_tokenizer(key, params.get("tokenizer"), params.get("trust_remote_code", False))

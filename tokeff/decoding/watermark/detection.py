@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tokeff.decoding.watermark.keys import WatermarkKey
+
+if TYPE_CHECKING:
+    from tokeff.decoding.watermark.bayesian import TrainedDetector
 
 
 @dataclass
@@ -24,8 +27,13 @@ class Detection:
         return asdict(self)
 
 
-def detect_tokens(key: WatermarkKey, texts: list[list[int] | np.ndarray], alpha: float = 0.01) -> list[Detection]:
-    """Test token sequences (already in the key's vocabulary); too-short ones get an error, no p-value."""
+def detect_tokens(
+    key: WatermarkKey, texts: list[list[int] | np.ndarray], alpha: float = 0.01, detector: TrainedDetector | None = None
+) -> list[Detection]:
+    """Test token sequences (already in the key's vocabulary); too-short ones get an error, no p-value.
+
+    With a trained `detector` (synthid), each tested text's details also hold its posterior.
+    """
     minimum = key["min_tokens"]
     results = [Detection(tokens=len(tokens)) for tokens in texts]
     testable = [index for index, tokens in enumerate(texts) if len(tokens) >= minimum]
@@ -39,9 +47,15 @@ def detect_tokens(key: WatermarkKey, texts: list[list[int] | np.ndarray], alpha:
         result.statistic, result.p_value, result.p_floor = score.statistic, score.p_value, score.p_floor
         result.watermarked = score.p_value <= alpha
         result.details = score.details
+    if detector is not None and arrays:
+        for index, posterior in zip(testable, detector.posteriors(key, arrays)):
+            results[index].details["posterior"] = posterior
     return results
 
 
-def detect_texts(key: WatermarkKey, tokenizer, texts: list[str], alpha: float = 0.01) -> list[Detection]:
+def detect_texts(
+    key: WatermarkKey, tokenizer, texts: list[str], alpha: float = 0.01, detector: TrainedDetector | None = None
+) -> list[Detection]:
     """Re-tokenize each text with the key's tokenizer (no special tokens) and test it."""
-    return detect_tokens(key, [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts], alpha)
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    return detect_tokens(key, ids, alpha, detector)

@@ -198,6 +198,15 @@ class SynthId(WatermarkScheme):
     def logits_processor(self, config: DecodeConfig, offsets: np.ndarray | None, prompt_length: int) -> LogitsProcessor:
         return SynthIdLogitsProcessor(self, config, prompt_length)
 
+    def fresh_ngram_hashes(self, tokens: np.ndarray) -> np.ndarray:
+        """Hashes of the text's n-grams whose context is new: what detection scores."""
+        ngrams = first_context_ngrams(tokens, self.key["ngram_len"])
+        return accumulate(np.ones(len(ngrams), dtype=np.uint64), ngrams)
+
+    def g_values(self, tokens: np.ndarray) -> np.ndarray:
+        """[fresh n-grams, depth] 0/1 g-values of a text (the Bayesian detector's input)."""
+        return g_values_of_hashes(self.fresh_ngram_hashes(tokens), self.keys, self.table)
+
     def score(self, texts: Sequence[np.ndarray]) -> list[Score]:
         runs, floor = self.key["runs"], 1.0 / (self.key["runs"] + 1)
         weights = np.ones(len(self.keys))
@@ -206,13 +215,12 @@ class SynthId(WatermarkScheme):
             weights *= len(weights) / weights.sum()
         results = []
         for tokens in texts:
-            ngrams = first_context_ngrams(tokens, self.key["ngram_len"])
-            hashes = accumulate(np.ones(len(ngrams), dtype=np.uint64), ngrams)
+            hashes = self.fresh_ngram_hashes(tokens)
             observed = (g_values_of_hashes(hashes, self.keys, self.table) * weights).mean()
             rng = np.random.default_rng(null_seed(self.key, tokens))
             null_keys = rng.integers(0, 2**64, size=(runs, 1, len(self.keys)), dtype=np.uint64)
             null = (g_values_of_hashes(hashes[None, :], null_keys, self.table) * weights).mean(axis=(1, 2))
             exceed = int((null >= observed).sum())
             results.append(Score(float(observed), (exceed + 1) / (runs + 1), floor,
-                                 {"scored_ngrams": len(ngrams)}))
+                                 {"scored_ngrams": len(hashes)}))
         return results

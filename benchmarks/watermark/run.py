@@ -296,7 +296,8 @@ def render(results: dict, evals: dict) -> str:
         f"{time.strftime('%Y-%m-%d')} on a shared 2-core CPU machine; the whole run took "
         f"{results['total_seconds'] / 60:.0f} minutes, waiting for the shared benchmark lock included.",
         "",
-        "Reproduce (the detection-speed part takes `/tmp/tokeff-bench.lock` itself):",
+        "Reproduce (the detection-speed part takes `/tmp/tokeff-bench.lock` itself, unless run under "
+        "`flock /tmp/tokeff-bench.lock ... --lock-held`, as this run was):",
         "",
         "```sh",
         "python benchmarks/watermark/run.py"
@@ -421,6 +422,45 @@ def render(results: dict, evals: dict) -> str:
         f"1/{results['keys']['exp']['runs'] + 1} = {1 / (results['keys']['exp']['runs'] + 1):.4f} "
         "(`tokeff watermark detect --runs` buys more resolution at proportional cost). kgw's p-value is the "
         "exact binomial tail over distinct (previous token, token) pairs.",
+        "",
+        "## How the synthid p-value works, and the optional Bayesian detector",
+        "",
+        "The statistic is the mean g-value (or, with `detect --statistic weighted_mean`, SynthID-Text's weighted "
+        "mean, weights linspace(10, 1, depth)) over the text's n-grams whose context occurs for the first time; a "
+        "repeated context is one piece of evidence, not many. Its p-value is a Monte Carlo test against "
+        f"{results['keys']['synthid']['runs']} random keys on the same n-grams, so it holds for any text and "
+        f"cannot go below 1/{results['keys']['synthid']['runs'] + 1}. No detector is trained. "
+        "`tokeff watermark train-detector --key K --watermarked A.jsonl --unwatermarked B.jsonl -o DET` trains "
+        "SynthID's Bayesian detector (transformers' `BayesianDetectorModel`) on your own texts and records its "
+        "held-out accuracy; `detect --detector DET` then adds its posterior P(watermarked) to each line. The "
+        "posterior depends on the texts it was trained on, so the verdict stays the p-value's.",
+        "",
+        "## Interoperability with transformers",
+        "",
+        "- `tokeff watermark keygen --scheme synthid|kgw --from-transformers CONFIG.json` makes the key a "
+        "`SynthIDTextWatermarkingConfig` or `WatermarkingConfig` (its `to_dict()`) stands for, so "
+        "`tokeff watermark detect` tests what `model.generate(watermarking_config=...)` wrote; "
+        "`tokeff watermark export --key K -o CONFIG.json` writes a key back as that config.",
+        "- kgw keys read by transformers use its green lists (`--hashing lefthash` or `selfhash`: "
+        "`torch.randperm` of the model's `config.vocab_size`, stored in the key as `vocab_rows`); tokeff's own "
+        "`--hashing tokeff` (the default, measured above) decides each (context, token) pair independently and "
+        "has no transformers equivalent. With transformers' green lists a context holds exactly "
+        "int(vocab_rows * green_fraction) green tokens, so tokeff's p-value is the exact tail of a sum of "
+        "hypergeometric counts, one per distinct green-list seed.",
+        "- `tests/test_watermark_transformers.py` checks on tiny models that tokeff's green lists, biased logits, "
+        "green counts and z-scores equal transformers' `WatermarkLogitsProcessor` and "
+        "`WatermarkDetector(ignore_repeated_ngrams=True)`, that its g-values and context masks equal "
+        "`SynthIDTextWatermarkLogitsProcessor`'s, and that 200-token texts from transformers' `generate` are "
+        "detected at p <= 0.01 at least 9 times in 10 (kgw lefthash, kgw selfhash at bias 4, synthid).",
+        "- Where the two differ, tokeff follows transformers in generation: the watermark acts after "
+        "temperature/top-k/top-p (transformers appends its processor last), synthid zero-pads the context of the "
+        "first generated tokens and leaves a context seen among the last `context_history_size` unwatermarked. "
+        "In detection tokeff counts each distinct context (synthid) or (seed, token) pair (kgw) once, where "
+        "transformers' KGW detector counts repeats by default (its normal-approximation p-value then does not "
+        "hold) and its SynthID mask forgets contexts older than `context_history_size`. Green lists, sampling "
+        "tables and permutations are drawn on the CPU: text transformers watermarked on a GPU (a different "
+        "random generator) does not match. `tokeff decode --watermark` with a kgw key biases the logits before "
+        "temperature, unlike `watermark generate`; the two agree at temperature 1 without top-k/top-p.",
         "",
     ]
     return "\n".join(lines)

@@ -29,3 +29,24 @@ def test_watermark_round_trip_on_a_builtin(builtin_model, name, scheme):
     human = read_text(WIKITEXT, max_bytes=6000)
     chunks = [human[start : start + 600] for start in range(0, 6000, 600)]
     assert not any(result.watermarked for result in detect_texts(key, lm.tokenizer, chunks))
+
+
+@pytest.mark.parametrize("scheme", ["kgw", "synthid"])
+def test_text_transformers_watermarked_on_smollm2_is_detected_from_its_text(builtin_model, scheme):
+    """transformers' own `generate(watermarking_config=...)` on a real model; tokeff detects the decoded text."""
+    import torch
+    from transformers import GenerationConfig, SynthIDTextWatermarkingConfig, WatermarkingConfig
+
+    from tokeff.decoding.watermark.keys import key_from_transformers
+
+    lm = builtin_model("smollm2-135m")
+    config = (WatermarkingConfig(hashing_key=2024) if scheme == "kgw" else
+              SynthIDTextWatermarkingConfig(keys=[int(k) for k in range(101, 131)], ngram_len=5))
+    key = key_from_transformers(scheme, config.to_dict(), lm.tokenizer, "smollm2-135m")
+    torch.manual_seed(0)
+    inputs = lm.tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+    settings = dict(do_sample=True, max_new_tokens=96, min_new_tokens=96, pad_token_id=lm.tokenizer.eos_token_id)
+    output = lm.model.generate(**inputs, generation_config=GenerationConfig(watermarking_config=config, **settings))
+    texts = lm.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    results = detect_texts(key, lm.tokenizer, texts)
+    assert all(result.p_value <= 0.01 for result in results), [r.p_value for r in results]

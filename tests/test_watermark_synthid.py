@@ -174,3 +174,24 @@ def test_bayesian_detector_trains_saves_verifies_and_separates(lm, tmp_path):
     data[-1] ^= 1
     (tmp_path / "det" / bayesian.WEIGHTS).write_bytes(bytes(data))
     assert "modified" in run_cli("verify", tmp_path / "det", check=1).stderr
+
+
+def test_eval_trains_the_bayesian_detector_when_asked(lm, tmp_path):
+    import tiny_models
+
+    from tokeff.decoding.watermark.bayesian import load_detector
+    from tokeff.decoding.watermark.keys import save_key
+
+    save_key(make_key("synthid", lm.tokenizer, lm.spec, seed=9, depth=6, runs=99), tmp_path / "k")
+    save_key(make_key("exp", lm.tokenizer, lm.spec, seed=9), tmp_path / "exp")
+    prompts, human = tmp_path / "prompts.txt", tmp_path / "human.txt"
+    prompts.write_text("\n".join(f"Scene {index}: to be, or not" for index in range(8)))
+    human.write_text(tiny_models.corpus(20_000))
+    args = ["watermark", "eval", "-m", lm.spec, "--prompts", prompts, "--human", human, "--texts", 4,
+            "--null-texts", 4, "--human-texts", 4, "--max-new-tokens", 24, "--lengths", "24", "--edit-rates", "0",
+            "--edit-length", 0, "--train-detector", tmp_path / "det"]
+    run_cli(*args, "--key", tmp_path / "k", check=0)
+    run_cli("verify", tmp_path / "det", check=0)
+    assert load_detector(tmp_path / "det").metrics["unwatermarked_texts"] == 8
+    result = run_cli(*args, "--key", tmp_path / "exp", "--force", check=1)  # refused before generating
+    assert "a synthid key, not exp" in result.stderr

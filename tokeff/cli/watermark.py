@@ -273,6 +273,7 @@ def evaluate(
     seed: Seed = 0,
     batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 16,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Artifact folder for eval.json and the plots.")] = None,
+    train_detector: Annotated[Path | None, typer.Option(help="synthid: also train the Bayesian detector on these texts, saved here.")] = None,
     loader: ModelArgs = ModelArgs(),
     force: Force = False,
     json: Json = False,
@@ -284,7 +285,7 @@ def evaluate(
         key, model, human, prompts, _numbers(lengths, int, "--lengths"), _numbers(edit_rates, float, "--edit-rates"),
         texts=texts, null_texts=null_texts, human_texts=human_texts, max_new_tokens=max_new_tokens,
         edit_length=edit_length, temperature=temperature, alpha=alpha, seed=seed, batch_size=batch_size,
-        output=output, load=loader.load, force=force,
+        output=output, load=loader.load, detector=train_detector, force=force,
     )
     if json:
         console.emit_json(result.to_json())

@@ -47,9 +47,14 @@ def key_fingerprint(key: WatermarkKey) -> str:
     return sha256_bytes(key.words.tobytes() + repr(sorted(key.params.items())).encode())
 
 
-def _g_values(key: WatermarkKey, tokens: np.ndarray) -> np.ndarray:
+def check_key(key: WatermarkKey) -> None:
+    """Refuses a key whose scheme has no tournament g-values (before any text is generated)."""
     if not hasattr(key.rule, "g_values"):
         raise TokeffError(f"a Bayesian detector reads tournament g-values: a synthid key, not {key.scheme}")
+
+
+def _g_values(key: WatermarkKey, tokens: np.ndarray) -> np.ndarray:
+    check_key(key)
     return key.rule.g_values(np.asarray(tokens, dtype=np.int64))
 
 

@@ -30,12 +30,15 @@ def run_eval(
     batch_size: int = 16,
     output: Path | None = None,
     load: Callable[[str], LoadedModel] | None = None,
+    detector: Path | None = None,
     force: bool = False,
 ) -> evaluation.WatermarkEval:
     """Power of the key on `texts` fresh watermarked continuations, false positives on model and human text.
 
     Prompts come from `prompts` or from the first half of `human`, whose second half gives the human
-    windows. `load` loads the model spec (default: `load_model` on the CPU's defaults). With `output`, writes a `watermark-eval` artifact: eval.json and the power plots.
+    windows. With `detector` (synthid), also trains the Bayesian detector on the watermarked texts against
+    the unwatermarked model and human ones and saves it there. `load` loads the model spec (default:
+    `load_model`). With `output`, writes a `watermark-eval` artifact: eval.json and the power plots.
     """
     from tokeff.core.artifacts import ArtifactWriter, check_output_path
     from tokeff.core.textio import read_text
@@ -50,9 +53,14 @@ def run_eval(
         raise TokeffError("--edit-rates must be in 0..1")
     if human is None and prompts is None:
         raise TokeffError("give --human FILE (prompts come from its first half) and/or --prompts FILE")
-    if output is not None:
-        check_output_path(output, force)
+    for path in (output, detector):
+        if path is not None:
+            check_output_path(path, force)
     key = load_key(key_path)
+    if detector is not None:
+        from tokeff.decoding.watermark import bayesian
+
+        bayesian.check_key(key)
     human_text = read_text(human) if human is not None else None
     prompt_half, human_half = evaluation.split_corpus(human_text) if human_text else ("", "")
     lm = (load or load_model)(model)
@@ -72,6 +80,10 @@ def run_eval(
     unwatermarked = {"model": [result.token_ids for result in plain]}
     if human_half:
         unwatermarked["human"] = evaluation.human_windows(lm.tokenizer, human_half, human_texts, max_new_tokens)
+    if detector is not None:
+        negatives = [tokens for token_lists in unwatermarked.values() for tokens in token_lists]
+        trained = bayesian.train_detector(key, [item.token_ids for item in marked], negatives, seed=seed or 0)
+        bayesian.save_detector(trained, key, detector, force=force)
     result = evaluation.evaluate_detection(
         key, lm.tokenizer, [item.token_ids for item in marked], unwatermarked, lengths, edit_rates,
         edit_length=edit_length or None, alpha=alpha, seed=seed,

@@ -122,16 +122,8 @@ def score_tokens(
 
     Windows must fit the model's positions, unless the cache bounds the positions it hands the model
     (attention sinks), whose method checks its own bound."""
-    lm.check_context(context, within_positions=decode_order is None or not decode_order.bounds_positions)
-    stride = stride or max(1, context // 2)
-    if not 1 <= stride <= context:
-        raise TokeffError(f"--stride must be in 1..{context} (the context), got {stride}")
-    if not token_ids:
-        raise TokeffError("the text produced no tokens")
-    # The boundary token occupies one position of each window, so a full-context stride shrinks with it.
-    stride = min(stride, context - 1)
     started = time.perf_counter()
-    plan = window_plan(len(token_ids), context - 1, stride)
+    plan, stride = _windows(lm, len(token_ids), context, stride, decode_order)
     plan = [(start, end, max(first, first_scored)) for start, end, first in plan if end > first_scored]
     nll = torch.zeros(len(token_ids), dtype=torch.float64)
     feed_window = _through_cache if decode_order is not None else _one_pass
@@ -143,6 +135,19 @@ def score_tokens(
         token_ids=list(token_ids), token_nll=nll, context=context, stride=stride,
         seconds=time.perf_counter() - started, chunk=decode_order.chunk if decode_order else None,
     )
+
+
+def _windows(lm: LoadedModel, n_tokens: int, context: int, stride: int | None, decode_order: DecodeOrder | None):
+    """(window plan, stride as used) after the checks every scoring shares."""
+    lm.check_context(context, within_positions=decode_order is None or not decode_order.bounds_positions)
+    stride = stride or max(1, context // 2)
+    if not 1 <= stride <= context:
+        raise TokeffError(f"--stride must be in 1..{context} (the context), got {stride}")
+    if not n_tokens:
+        raise TokeffError("the text produced no tokens")
+    # The boundary token occupies one position of each window, so a full-context stride shrinks with it.
+    stride = min(stride, context - 1)
+    return window_plan(n_tokens, context - 1, stride), stride
 
 
 def _target_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -160,23 +165,71 @@ def _nll(logits: torch.Tensor, targets: list[int], log_probs: LogProbs) -> torch
 
 
 def _one_pass(lm, window, context_tokens, embed, log_probs, decode_order) -> torch.Tensor:
-    """One causal pass; only the scored positions' logits are computed (a 262k vocabulary makes full logits costly)."""
+    return _nll(_window_logits(lm, window, context_tokens, embed), window[context_tokens + 1 :], log_probs)
+
+
+def _window_logits(lm, window, context_tokens, embed) -> torch.Tensor:
+    """Logits of the scored positions in one causal pass (only those: a 262k vocabulary makes full logits costly)."""
     n_scored = len(window) - 1 - context_tokens
-    logits = _call(lm, window, embed, logits_to_keep=n_scored + 1)[:-1]
-    return _nll(logits, window[-n_scored:], log_probs)
+    return _call(lm, window, embed, logits_to_keep=n_scored + 1)[:-1]
 
 
 def _through_cache(lm, window, context_tokens, embed, log_probs, order: DecodeOrder) -> torch.Tensor:
-    """The window's boundary token and left context fed as a prompt, then its scored tokens `chunk` at a time."""
+    out = [_nll(logits, window[context_tokens + 1 + at : context_tokens + 1 + at + len(logits)], log_probs)
+           for at, logits in _cache_logits(lm, window, context_tokens, embed, order)]
+    return torch.cat(out)
+
+
+def _cache_logits(lm, window, context_tokens, embed, order: DecodeOrder):
+    """(offset among the scored positions, logits) per call: the window's boundary token and left
+    context fed as a prompt, then its scored positions `chunk` at a time."""
     cache = order.make_cache()
     step = order.prefill_chunk or context_tokens or 1
     for at in range(0, context_tokens, step):
         _call(lm, window[at : min(at + step, context_tokens)], embed, past_key_values=cache, use_cache=True,
               logits_to_keep=1)
-    out = []
     # Position p's logits predict window[p + 1]: scoring starts at the last context position.
     for at in range(context_tokens, len(window) - 1, order.chunk):
         piece = window[at : min(at + order.chunk, len(window) - 1)]
-        logits = _call(lm, piece, embed, past_key_values=cache, use_cache=True)
-        out.append(_nll(logits, window[at + 1 : at + 1 + len(piece)], log_probs))
-    return torch.cat(out)
+        yield at - context_tokens, _call(lm, piece, embed, past_key_values=cache, use_cache=True)
+
+
+@dataclass(kw_only=True)
+class TokenComparison:
+    """Per scored token, a cache's next-token distribution against the full model's on the same windows."""
+
+    token_ids: list[int] = field(repr=False)
+    kl: torch.Tensor = field(repr=False)  # KL(full || cache) in nats, float64
+    agree: torch.Tensor = field(repr=False)  # bool: the same top-1 token
+    nll: torch.Tensor = field(repr=False)  # through the cache, nats
+    reference_nll: torch.Tensor = field(repr=False)  # one pass, nats
+    seconds: float
+
+
+@torch.inference_mode()
+def compare_tokens(
+    lm: LoadedModel, token_ids: list[int], context: int, stride: int | None, decode_order: DecodeOrder,
+    label: str | None = "comparing",
+) -> TokenComparison:
+    """`score_tokens`' windows scored twice, in one pass and in decode order through the cache, keeping
+    only one window's reference logits at a time; every token is scored once, as there."""
+    started = time.perf_counter()
+    plan, _ = _windows(lm, len(token_ids), context, stride, decode_order)
+    n = len(token_ids)
+    kl, nll, reference = (torch.zeros(n, dtype=torch.float64) for _ in range(3))
+    agree = torch.zeros(n, dtype=torch.bool)
+    prefix = prefix_token_id(lm)
+    for start, end, first in plan if label is None else console.track(plan, label):
+        window = [prefix] + token_ids[start:end]
+        context_tokens = first - start
+        expected = F.log_softmax(_window_logits(lm, window, context_tokens, None).float(), -1)
+        targets = torch.tensor(window[context_tokens + 1 :], device=expected.device)
+        reference[first:end] = -expected.gather(1, targets[:, None])[:, 0].double().cpu()
+        for at, logits in _cache_logits(lm, window, context_tokens, None, decode_order):
+            got, want = F.log_softmax(logits.float(), -1), expected[at : at + len(logits)]
+            rows = slice(first + at, first + at + len(logits))
+            kl[rows] = (want.exp() * (want - got)).sum(-1).double().cpu()
+            agree[rows] = (got.argmax(-1) == want.argmax(-1)).cpu()
+            nll[rows] = -got.gather(1, targets[at : at + len(logits), None])[:, 0].double().cpu()
+    return TokenComparison(token_ids=list(token_ids), kl=kl, agree=agree, nll=nll, reference_nll=reference,
+                           seconds=time.perf_counter() - started)

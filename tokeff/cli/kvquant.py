@@ -30,6 +30,7 @@ def calibrate(
         bool, typer.Option("--sensitivity/--no-sensitivity", help="Weight k-means by squared loss gradients (Fisher).")
     ] = True,
     seed: Annotated[int, typer.Option(help="Seed of the k-means subsample.")] = 0,
+    key_group: Annotated[int, typer.Option(help="Key ranges per group of this many tokens (0: fixed calibrated ranges).")] = 0,
     loader: ModelArgs = ModelArgs(),
     force: Force = False,
     json: Json = False,
@@ -37,10 +38,11 @@ def calibrate(
     """Collect pre-RoPE keys and values on the text, fit key ranges, outliers and codebooks, write an artifact."""
     from tokeff.core.artifacts import check_output_path
     from tokeff.core.textio import read_text
-    from tokeff.kvquant import check_bits, check_outliers
+    from tokeff.kvquant import check_bits, check_key_group, check_outliers
 
     check_bits(bits)
     check_outliers(outliers)
+    check_key_group(key_group)
     if group not in ("layer", "head"):
         raise TokeffError(f"--group must be 'layer' or 'head', got '{group}'")
     check_output_path(output, force)
@@ -49,7 +51,7 @@ def calibrate(
 
     result = calibrate_artifact(
         loader.load(model), text, output, bits=bits, outliers=outliers, per_head=group == "head", samples=samples,
-        context=context, sensitivity=sensitivity, seed=seed, force=force,
+        context=context, sensitivity=sensitivity, seed=seed, key_group=key_group, force=force,
     )
     payload = {"output": str(output), "model": model, "bits": bits, **result.metrics}
     if json:

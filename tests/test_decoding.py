@@ -38,6 +38,10 @@ def test_greedy_equals_argmax_without_cache(lm):
     stats = result.to_json()
     assert stats["tokens"] == 20 and stats["forward_passes"] == 20 and stats["accepted_per_pass"] == 1.0
     assert stats["peak_kv_bytes"] > 0 and stats["tokens_per_s"] > 0
+    # prefill and decode apart: the phases add up, and decoding made 19 of the 20 tokens
+    assert stats["prefill_seconds"] + stats["decode_seconds"] == pytest.approx(stats["seconds"])
+    assert stats["decode_tokens_per_s"] == pytest.approx(19 / stats["decode_seconds"])
+    assert stats["prefill_tokens_per_s"] == pytest.approx(len(prompt.ids) / stats["prefill_seconds"])
 
 
 def test_greedy_equals_transformers_generate(lm):

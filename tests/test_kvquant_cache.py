@@ -31,11 +31,13 @@ def lm(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def calibrated(tiny_llama_dir, tiny_gemma_dir):
-    """A 4-bit calibration per tiny family (no sensitivity: fast)."""
+    """4-bit calibrations per tiny family (no sensitivity: fast): fixed key ranges, and ranges per group of 16 tokens."""
     results = {}
     for folder in (tiny_llama_dir, tiny_gemma_dir):
         model = load_model(str(folder), device="cpu")
         results[str(folder)] = calibrate(model, TEXT, bits=4, samples=4, context=64, sensitivity=False).calibration
+        results[f"{folder}:grouped"] = calibrate(model, TEXT, bits=4, samples=4, context=64, sensitivity=False,
+                                                 key_group=16).calibration
     return results
 
 
@@ -92,7 +94,7 @@ def test_nearest_level_per_head_matches_brute_force():
     assert torch.equal(nearest_level(x, book[:1]), (x.unsqueeze(-1) - book[0]).abs().argmin(-1))
 
 
-@pytest.mark.parametrize("spec", ["uniform:2", "calibrated"])
+@pytest.mark.parametrize("spec", ["uniform:2", "calibrated", "grouped"])
 def test_a_residual_window_longer_than_the_text_changes_nothing(lm, calibrated, tmp_path, spec):
     factory = _factory(lm, calibrated, tmp_path, spec, residual=10_000, sinks=1)
     plain = bits_per_byte(lm, TEXT[:600], context=64, decode_order=DecodeOrder(lambda: DynamicCache(config=lm.model.config), chunk=7))
@@ -116,7 +118,8 @@ def test_eval_bpb_through_a_cache_that_quantizes_nothing_equals_plain_scoring(ti
 
 
 @pytest.mark.parametrize(
-    "family, spec", [("llama", "uniform:4"), ("llama", "uniform:2"), ("llama", "calibrated"), ("gemma", "calibrated")]
+    "family, spec", [("llama", "uniform:4"), ("llama", "uniform:2"), ("llama", "calibrated"), ("gemma", "calibrated"),
+                     ("llama", "grouped")]
 )
 def test_attention_sees_sinks_exact_body_quantized_and_window_exact(
     family, spec, tiny_llama_dir, tiny_gemma_dir, calibrated, tmp_path
@@ -145,10 +148,11 @@ def test_attention_sees_sinks_exact_body_quantized_and_window_exact(
     torch.testing.assert_close(keys[:, :, sinks : sinks + body], expected, rtol=1e-4, atol=1e-4)
     assert body > 0 and not torch.equal(keys[:, :, sinks : sinks + body], original)  # it really is quantized
     relative = (keys - exact).square().sum() / exact.square().sum()
-    assert relative < {"uniform:4": 0.01, "calibrated": 0.02, "uniform:2": 0.2}[spec]
+    assert relative < {"uniform:4": 0.01, "calibrated": 0.02, "grouped": 0.01, "uniform:2": 0.2}[spec]
 
 
-@pytest.mark.parametrize("family, spec", [("llama", "uniform:3"), ("llama", "calibrated"), ("gemma", "calibrated")])
+@pytest.mark.parametrize("family, spec", [("llama", "uniform:3"), ("llama", "calibrated"), ("gemma", "calibrated"),
+                                          ("gemma", "grouped")])
 def test_fused_attention_equals_attention_over_the_dequantized_buffer(family, spec, tiny_llama_dir, tiny_gemma_dir, calibrated, tmp_path):
     """Attending the packed codes directly (and merging in the full-precision tokens) must give what
     SDPA gives over the dequantized buffer: one token per call (no mask) and 7 per call (causal mask,
@@ -240,12 +244,13 @@ def test_bad_specs(lm):
 
 
 def _factory(lm, calibrated, tmp_path, spec, residual, sinks, fused=True):
-    if spec != "calibrated":
+    if spec not in ("calibrated", "grouped"):
         return kv_cache_factory(spec, lm, residual=residual, sinks=sinks, fused=fused)
     from tokeff.kvquant.artifact import write_calibration
 
     text = tmp_path / "calibration.txt"
     text.write_text(TEXT)
     out = tmp_path / "kv"
-    write_calibration(out, lm, calibrated[str(lm.folder)], text, {}, {}, force=True)
+    key = str(lm.folder) + (":grouped" if spec == "grouped" else "")
+    write_calibration(out, lm, calibrated[key], text, {}, {}, force=True)
     return kv_cache_factory(str(out), lm, residual=residual, sinks=sinks, fused=fused)

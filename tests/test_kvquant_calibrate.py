@@ -128,6 +128,16 @@ def test_fitted_codebooks_beat_uniform_levels_and_follow_sensitivity(tiny_model_
     calibration = fit_calibration(acts, bits=2, outliers=0.05, per_head=True)
     assert calibration.key_codebook.shape == (lm.model.config.num_hidden_layers, keys.shape[0], 4)
     assert calibration.key_outliers == outliers_per_token(0.05, keys.shape[-1]) >= 1
+    # ranges per group of 16 tokens: no key outliers, and the fitted levels beat even ones on keys normalized so
+    grouped = fit_calibration(acts, bits=2, outliers=0.05, per_head=False, key_group=16)
+    assert (grouped.key_group, grouped.key_outliers, grouped.value_outliers) == (16, 0, calibration.value_outliers)
+    cut = acts.stacked("keys", 0, group=16)
+    assert cut.shape[1] == 3 * 48  # each 63-token sample cut to whole groups
+    ours = grouped.quantizers()[0].keys
+    even = TensorQuantizer(2, uniform_codebook(2), per_token=False, group=16)
+    assert (ours.roundtrip(cut[None]) - cut).square().mean() < (even.roundtrip(cut[None]) - cut).square().mean()
+    with pytest.raises(TokeffError, match="--key-group"):
+        fit_calibration(acts, bits=2, outliers=0.0, per_head=False, key_group=-1)
 
 
 def test_library_errors(tiny_llama_dir):

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tokeff.cli.options import Force, Json, Model, ModelArgs, Output, with_shared_args
+from tokeff.cli.options import Force, Json, KvResidual, KvSinks, Model, ModelArgs, Output, with_shared_args
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
 
@@ -30,6 +30,7 @@ def calibrate(
         bool, typer.Option("--sensitivity/--no-sensitivity", help="Weight k-means by squared loss gradients (Fisher).")
     ] = True,
     seed: Annotated[int, typer.Option(help="Seed of the k-means subsample.")] = 0,
+    key_group: Annotated[int, typer.Option(help="Key ranges per group of this many tokens (0: fixed calibrated ranges).")] = 0,
     loader: ModelArgs = ModelArgs(),
     force: Force = False,
     json: Json = False,
@@ -37,10 +38,11 @@ def calibrate(
     """Collect pre-RoPE keys and values on the text, fit key ranges, outliers and codebooks, write an artifact."""
     from tokeff.core.artifacts import check_output_path
     from tokeff.core.textio import read_text
-    from tokeff.kvquant import check_bits, check_outliers
+    from tokeff.kvquant import check_bits, check_key_group, check_outliers
 
     check_bits(bits)
     check_outliers(outliers)
+    check_key_group(key_group)
     if group not in ("layer", "head"):
         raise TokeffError(f"--group must be 'layer' or 'head', got '{group}'")
     check_output_path(output, force)
@@ -49,7 +51,7 @@ def calibrate(
 
     result = calibrate_artifact(
         loader.load(model), text, output, bits=bits, outliers=outliers, per_head=group == "head", samples=samples,
-        context=context, sensitivity=sensitivity, seed=seed, force=force,
+        context=context, sensitivity=sensitivity, seed=seed, key_group=key_group, force=force,
     )
     payload = {"output": str(output), "model": model, "bits": bits, **result.metrics}
     if json:
@@ -58,4 +60,56 @@ def calibrate(
     table = Table("metric", "value", title=f"{output} ({bits}-bit KV calibration of {model})")
     for key, value in payload.items():
         table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    console.stdout.print(table)
+
+
+@app.command("eval")
+@with_shared_args
+def evaluate(
+    model: Model,
+    text: Annotated[Path, typer.Argument(help="UTF-8 evaluation text (not the calibration text).")],
+    kv_quant: Annotated[list[str], typer.Option("--kv-quant", help="A calibrated artifact or uniform:BITS; repeatable.")],
+    max_bytes: Annotated[int | None, typer.Option(help="Score only the first N bytes.")] = None,
+    context: Annotated[int, typer.Option(help="Tokens per window.")] = 1024,
+    stride: Annotated[int | None, typer.Option(help="Tokens between window starts (default: context / 2).")] = None,
+    chunk: Annotated[int, typer.Option(help="Tokens per model call in decode order.")] = 16,
+    kv_residual: KvResidual = 128,
+    kv_sinks: KvSinks = 1,
+    segment: Annotated[int, typer.Option(help="Tokens per bootstrap segment.")] = 128,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
+    loader: ModelArgs = ModelArgs(),
+    json: Json = False,
+) -> None:
+    """Each cache against the full model on the same windows: KL divergence, top-1 agreement and
+    Δ bits/byte with 95% bootstrap intervals over segments, and KV bytes per token."""
+    from tokeff.core.textio import read_text
+
+    data = read_text(text, max_bytes)
+    if chunk < 1:
+        raise TokeffError(f"--chunk must be >= 1, got {chunk}")
+    lm = loader.load(model)
+    from tokeff.kvquant.quality import kv_quality
+    from tokeff.kvquant.spec import kv_cache_factory
+
+    factories = [kv_cache_factory(spec, lm, residual=kv_residual, sinks=kv_sinks) for spec in kv_quant]  # all checked first
+    rows = []
+    for spec, factory in zip(kv_quant, factories):
+        quality = kv_quality(lm, data, factory, context, stride, chunk, segment, resamples)
+        rows.append({"kv_quant": spec, **quality.to_json()})
+        console.info(f"{spec}: {quality.tokens:,} tokens in {quality.seconds:.1f} s")
+    payload = {"model": model, "file": str(text), "context": context, "chunk": chunk, "kv_residual": kv_residual,
+               "kv_sinks": kv_sinks, "segment": segment, "caches": rows}
+    if json:
+        console.emit_json(payload)
+        return
+    table = Table("cache", "KL (nats/token)", "top-1 agreement", "Δ bits/byte", "bits/byte", "KV bytes/token",
+                  title=f"{model} on {rows[0]['tokens']:,} tokens of {text} (95% bootstrap intervals)")
+    for row in rows:
+        kl, top1, delta = row["kl"], row["top1"], row["delta_bpb"]
+        table.add_row(
+            row["kv_quant"], f"{kl['value']:.5f} [{kl['low']:.5f}, {kl['high']:.5f}]",
+            f"{top1['value']:.4f} [{top1['low']:.4f}, {top1['high']:.4f}]",
+            f"{delta['value']:+.5f} [{delta['low']:+.5f}, {delta['high']:+.5f}]", f"{row['bpb']:.4f}",
+            f"{row['kv_bytes_per_token']:,.0f}",
+        )
     console.stdout.print(table)

@@ -201,23 +201,72 @@ def _nll(logits: torch.Tensor, targets: list[int], log_probs: LogProbs) -> torch
 
 
 def _one_pass(lm, window, context_tokens, embed, log_probs, decode_order) -> torch.Tensor:
-    """One causal pass; only the scored positions' logits are computed (a 262k vocabulary makes full logits costly)."""
+    return _nll(_window_logits(lm, window, context_tokens, embed), window[context_tokens + 1 :], log_probs)
+
+
+def _window_logits(lm, window, context_tokens, embed) -> torch.Tensor:
+    """Logits of the scored positions in one causal pass (only those: a 262k vocabulary makes full logits costly)."""
     n_scored = len(window) - 1 - context_tokens
-    logits = _call(lm, window, embed, logits_to_keep=n_scored + 1)[:-1]
-    return _nll(logits, window[-n_scored:], log_probs)
+    return _call(lm, window, embed, logits_to_keep=n_scored + 1)[:-1]
 
 
 def _through_cache(lm, window, context_tokens, embed, log_probs, order: DecodeOrder) -> torch.Tensor:
-    """The window's boundary token and left context fed as a prompt, then its scored tokens `chunk` at a time."""
+    out = [_nll(logits, window[context_tokens + 1 + at : context_tokens + 1 + at + len(logits)], log_probs)
+           for at, logits in _cache_logits(lm, window, context_tokens, embed, order)]
+    return torch.cat(out)
+
+
+def _cache_logits(lm, window, context_tokens, embed, order: DecodeOrder):
+    """(offset among the scored positions, logits) per call: the window's boundary token and left
+    context fed as a prompt, then its scored positions `chunk` at a time."""
     cache = order.make_cache()
     step = order.prefill_chunk or context_tokens or 1
     for at in range(0, context_tokens, step):
         _call(lm, window[at : min(at + step, context_tokens)], embed, past_key_values=cache, use_cache=True,
               logits_to_keep=1)
-    out = []
     # Position p's logits predict window[p + 1]: scoring starts at the last context position.
     for at in range(context_tokens, len(window) - 1, order.chunk):
         piece = window[at : min(at + order.chunk, len(window) - 1)]
-        logits = _call(lm, piece, embed, past_key_values=cache, use_cache=True)
-        out.append(_nll(logits, window[at + 1 : at + 1 + len(piece)], log_probs))
-    return torch.cat(out)
+        yield at - context_tokens, _call(lm, piece, embed, past_key_values=cache, use_cache=True)
+
+
+@dataclass(kw_only=True)
+class TokenComparison:
+    """Per scored token, a cache's next-token distribution against the full model's on the same windows."""
+
+    token_ids: list[int] = field(repr=False)
+    kl: torch.Tensor = field(repr=False)  # KL(full || cache) in nats, float64
+    agree: torch.Tensor = field(repr=False)  # bool: the same top-1 token
+    nll: torch.Tensor = field(repr=False)  # through the cache, nats
+    reference_nll: torch.Tensor = field(repr=False)  # one pass, nats
+    seconds: float
+
+
+@torch.inference_mode()
+def compare_tokens(
+    lm: LoadedModel, token_ids: list[int], context: int, stride: int | None, decode_order: DecodeOrder,
+    label: str | None = "comparing",
+) -> TokenComparison:
+    """`score_tokens`' windows scored twice, in one pass and in decode order through the cache, keeping
+    only one window's reference logits at a time; every token is scored once, as there."""
+    lm.check_context(context, within_positions=not decode_order.bounds_positions)
+    started = time.perf_counter()
+    plan = _windows(token_ids, context, _stride(context, stride))
+    n = len(token_ids)
+    kl, nll, reference = (torch.zeros(n, dtype=torch.float64) for _ in range(3))
+    agree = torch.zeros(n, dtype=torch.bool)
+    prefix = prefix_token_id(lm)
+    for start, end, first in plan if label is None else console.track(plan, label):
+        window = [prefix] + token_ids[start:end]
+        context_tokens = first - start
+        expected = F.log_softmax(_window_logits(lm, window, context_tokens, None).float(), -1)
+        targets = torch.tensor(window[context_tokens + 1 :], device=expected.device)
+        reference[first:end] = -expected.gather(1, targets[:, None])[:, 0].double().cpu()
+        for at, logits in _cache_logits(lm, window, context_tokens, None, decode_order):
+            got, want = F.log_softmax(logits.float(), -1), expected[at : at + len(logits)]
+            rows = slice(first + at, first + at + len(logits))
+            kl[rows] = (want.exp() * (want - got)).sum(-1).double().cpu()
+            agree[rows] = (got.argmax(-1) == want.argmax(-1)).cpu()
+            nll[rows] = -got.gather(1, targets[at : at + len(logits), None])[:, 0].double().cpu()
+    return TokenComparison(token_ids=list(token_ids), kl=kl, agree=agree, nll=nll, reference_nll=reference,
+                           seconds=time.perf_counter() - started)

@@ -35,6 +35,7 @@ class Autoregressive(DecodeMethod):
         eos = self.lm.eos_token_ids if self.config.stop_at_eos else set()
         generated: list[int] = []
         logits = self.prefill(runner, prompt)
+        stats.end_prefill()
         while len(generated) < self.config.max_new_tokens:
             token = chooser.choose(logits, prompt.ids + generated)
             generated.append(token)

@@ -73,6 +73,7 @@ class DraftingMethod(DecodeMethod):
         logits = runner.forward(prompt.ids, logits_to_keep=min(self.prefill_logits, len(prompt.ids)))
         runner.crop(runner.length)  # trims what sliding-window layers recorded of a long prompt
         drafter.prefill(prompt.ids, logits)
+        stats.end_prefill()
         generated = [chooser.choose(logits[-1], prompt.ids)]
         streamer.push(generated)
         drafted = accepted_drafts = 0

@@ -61,13 +61,31 @@ class DecodeStats:
     forward_passes: int = 0
     peak_kv_bytes: int = 0
     seconds: float = 0.0
+    prefill_seconds: float | None = None  # set by methods that mark where the prompt's pass ended
     _started: float = field(default_factory=time.perf_counter, repr=False)
 
     def observe_cache(self, cache: Cache) -> None:
         self.peak_kv_bytes = max(self.peak_kv_bytes, cache_nbytes(cache))
 
+    def end_prefill(self) -> None:
+        """The prompt's logits are in: what follows is decoding (one token from them, then a pass per token)."""
+        self.prefill_seconds = time.perf_counter() - self._started
+
     def finish(self) -> None:
         self.seconds = time.perf_counter() - self._started
+
+    def _phases(self) -> dict[str, Any]:
+        """Prefill and decode apart: a long prompt's prefill otherwise hides decode speed. The first
+        new token comes from the prompt's logits, so decoding made the other new_tokens - 1."""
+        if self.prefill_seconds is None:
+            return {}
+        decode_seconds = self.seconds - self.prefill_seconds
+        return {
+            "prefill_seconds": self.prefill_seconds,
+            "prefill_tokens_per_s": self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0,
+            "decode_seconds": decode_seconds,
+            "decode_tokens_per_s": (self.new_tokens - 1) / decode_seconds if decode_seconds > 0 else 0.0,
+        }
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +96,7 @@ class DecodeStats:
             "forward_passes": self.forward_passes,
             "accepted_per_pass": self.new_tokens / self.forward_passes if self.forward_passes else 0.0,
             "peak_kv_bytes": self.peak_kv_bytes,
+            **self._phases(),
         }
 
 

@@ -22,3 +22,9 @@ def check_outliers(fraction: float) -> float:
     if not 0 <= fraction < 0.5:
         raise TokeffError(f"--outliers is a fraction in [0, 0.5), got {fraction}")
     return fraction
+
+
+def check_key_group(tokens: int) -> int:
+    if tokens < 0:
+        raise TokeffError(f"--key-group must be >= 0 (0: fixed calibrated key ranges), got {tokens}")
+    return tokens

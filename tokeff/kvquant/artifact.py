@@ -23,7 +23,11 @@ _NAMES = ("key_center", "key_half", "key_codebook", "value_codebook")
 
 @dataclass
 class KVCalibration:
-    """Per layer: pre-RoPE key ranges [layers, kv_heads, head_dim] and codebooks [layers, 1 or kv_heads, 2**bits]."""
+    """Per layer: pre-RoPE key ranges [layers, kv_heads, head_dim] and codebooks [layers, 1 or kv_heads, 2**bits].
+
+    With `key_group` > 0, keys take per-channel ranges from each group of that many tokens (as KIVI,
+    but before RoPE) and the codebook is fitted to keys normalized that way; the fixed ranges are then
+    kept only as the record of what calibration saw (and for the artifact's shape checks)."""
 
     bits: int
     key_center: torch.Tensor
@@ -32,13 +36,15 @@ class KVCalibration:
     value_codebook: torch.Tensor
     key_outliers: int  # entries per token kept exact
     value_outliers: int
+    key_group: int = 0
 
     def quantizers(self) -> list[KVQuantizer]:
         return [
             KVQuantizer(
                 keys=TensorQuantizer(
-                    self.bits, self.key_codebook[layer], per_token=False,
-                    center=self.key_center[layer], half=self.key_half[layer], outliers=self.key_outliers,
+                    self.bits, self.key_codebook[layer], per_token=False, group=self.key_group,
+                    **({} if self.key_group else {"center": self.key_center[layer], "half": self.key_half[layer]}),
+                    outliers=self.key_outliers,
                 ),
                 values=TensorQuantizer(self.bits, self.value_codebook[layer], per_token=True, outliers=self.value_outliers),
                 pre_rope=True,
@@ -49,7 +55,7 @@ class KVCalibration:
     def save(self, writer: ArtifactWriter) -> None:
         writer.save_tensors(TENSOR_FILE, {name: getattr(self, name).float() for name in _NAMES})
         writer.parameters.update(bits=self.bits, key_outliers_per_token=self.key_outliers,
-                                 value_outliers_per_token=self.value_outliers)
+                                 value_outliers_per_token=self.value_outliers, key_group=self.key_group)
 
 
 def load_calibration(path: Path | str, lm: LoadedModel) -> KVCalibration:
@@ -72,6 +78,7 @@ def load_calibration(path: Path | str, lm: LoadedModel) -> KVCalibration:
         bits=int(params["bits"]),
         key_outliers=int(params["key_outliers_per_token"]),
         value_outliers=int(params["value_outliers_per_token"]),
+        key_group=int(params.get("key_group", 0)),
         **{name: tensors[name] for name in _NAMES},
     )
     config = lm.model.config.get_text_config(decoder=True)

@@ -29,9 +29,13 @@ class Activations:
     key_weights: list[list[torch.Tensor]] = field(default_factory=list)
     value_weights: list[list[torch.Tensor]] = field(default_factory=list)
 
-    def stacked(self, name: str, layer: int) -> torch.Tensor:
-        """[kv_heads, all tokens, head_dim] for one layer."""
-        return torch.cat(getattr(self, name)[layer], dim=1)
+    def stacked(self, name: str, layer: int, group: int = 0) -> torch.Tensor:
+        """[kv_heads, all tokens, head_dim] for one layer; with `group`, each sample cut to whole groups
+        of that many tokens, so that no group of ranges straddles two samples."""
+        parts = getattr(self, name)[layer]
+        if group:
+            parts = [part[:, : part.shape[1] // group * group] for part in parts]
+        return torch.cat(parts, dim=1)
 
 
 class _RecordingLayer(DynamicLayer):

@@ -11,6 +11,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tiny_models import untied_copy
+
 from tokeff.core.errors import TokeffError
 from tokeff.kernels.anchors import nearest_anchors
 from tokeff.kernels.omp import omp, omp_candidates
@@ -296,14 +298,7 @@ def test_new_scale_multiplies_only_estimated_rows(tmp_path, tiny_llama_dir, tiny
 
 
 def _untied(tmp_path, tiny_llama_dir):
-    folder = tmp_path / "untied"
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    model.config.tie_word_embeddings = False
-    torch.manual_seed(1)
-    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.5)
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(folder)
-    return folder
+    return untied_copy(tiny_llama_dir, tmp_path / "untied")
 
 
 def _bits_per_byte(folder, documents) -> float:

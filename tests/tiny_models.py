@@ -107,3 +107,14 @@ def save(model, tokenizer, folder: Path) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def untied_copy(folder: Path, out: Path) -> Path:
+    """The model in `folder` with tie_word_embeddings off and a random lm_head of its own, saved to `out`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    model.config.tie_word_embeddings = False
+    torch.manual_seed(1)
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.5)
+    return save(model, AutoTokenizer.from_pretrained(folder), out)

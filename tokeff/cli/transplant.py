@@ -44,6 +44,15 @@ def transplant(
     eval_context: Annotated[
         int | None, typer.Option(help="Tokens per evaluation window (default: 1024, or the model's positions if fewer).")
     ] = None,
+    heal: Annotated[
+        bool, typer.Option("--heal", help="Then fit only the new rows to the base model's own text, base frozen (minutes).")
+    ] = False,
+    heal_steps: Annotated[
+        int | None, typer.Option(help="Optimizer steps of --heal (default: up to 200, none started after 7 minutes of fitting).")
+    ] = None,
+    heal_text: Annotated[
+        Path | None, typer.Option(help="UTF-8 text for --heal (default: text sampled from BASE); its end is held out.")
+    ] = None,
     device: Device = "auto",
     force: Force = False,
     json: Json = False,
@@ -58,6 +67,7 @@ def transplant(
         method=method, method_options=chosen, pad_to=pad_to, new_scale=new_scale, maps=maps or [], donor_tokenizer_only=donor_tokenizer_only,
         eval_text=str(eval_text) if eval_text is not None else None,
         tune_text=str(tune_text) if tune_text is not None else None, eval_context=eval_context, device=device,
+        heal=heal, heal_steps=heal_steps, heal_text=str(heal_text) if heal_text is not None else None,
     )
     result = run(base, donor, output, options, force=force)
     if json:
@@ -72,6 +82,14 @@ def transplant(
     if result.get("new_scale"):
         table.add_row("new output rows scaled by", f"{result['new_scale']['value']:g} ({result['new_scale']['text']})")
     table.add_row("special tokens", ", ".join(f"{s['donor']}->{s['base']} ({s['how']})" for s in result["special_tokens"]))
+    healing = result.get("heal")
+    if healing:
+        held = healing["held_out"]
+        table.add_row(
+            f"heal ({healing['steps']} steps, {healing['seconds']:.0f} s)",
+            f"held-out bits/byte {held['before_bpb']:.4f} -> {held['after_bpb']:.4f} (base {held['base_bpb']:.4f}); "
+            f"tokens/byte {held['tokens_per_byte']:.4f} (base {held['base_tokens_per_byte']:.4f})",
+        )
     quality = result.get("quality")
     if quality:
         table.add_row("bits/byte base -> transplanted", f"{quality['base_bpb']:.4f} -> {quality['transplanted_bpb']:.4f}")

@@ -43,6 +43,9 @@ class TransplantOptions:
     donor_tokenizer_only: bool = False
     eval_text: str | None = None
     eval_context: int | None = None  # default: 1024 or the model's positions, if fewer
+    heal: bool = False  # fit the new rows afterwards (heal.py)
+    heal_steps: int | None = None  # default: a budget of steps and seconds (heal.DEFAULT_STEPS)
+    heal_text: str | None = None  # default: text sampled from the base model
     device: str = "auto"
 
 
@@ -72,20 +75,22 @@ def transplant(base: str, donor: str, out: Path, options: TransplantOptions, for
         f"donor vocabulary: {counts['shared']:,} shared, {counts['new']:,} new, {counts['unreachable']:,} unreachable, "
         f"{sum(counts['special_matched'].values())} special tokens matched"
     )
+    rows = _padded(max(match.donor_rows, len(donor_tokenizer)), options.pad_to)
+    heal_text = _check_heal(options, checkpoint, layout, base_folder, rows, device)
     donor_embeddings = _donor_embeddings(donor, donor_folder, match) if estimator.needs_donor_embeddings else None
     combination = estimate(estimator, match, base_tokenizer, donor_embeddings, device)
     del donor_embeddings
-    rows = _padded(max(match.donor_rows, len(donor_tokenizer)), options.pad_to)
     bos_added = _keep_base_bos(base_tokenizer, donor_tokenizer, match)
     replacements = {name: _rebuild(checkpoint.read(name), match, combination, rows) for name in layout.names}
     new_scale = _scale_output_rows(base, replacements, layout, match, donor_tokenizer, options, device)
+    healing = _heal(base, replacements, layout, match, donor_tokenizer, heal_text, options, device) if options.heal else None
 
     parameters = {
         "transplant": {
             "method": options.method, "method_options": estimator.opts,
             "pad_to": options.pad_to, "new_scale": options.new_scale, "maps": list(options.maps), "donor_tokenizer_only": options.donor_tokenizer_only,
             "tied_embeddings": layout.tied, "architecture": layout.architecture, "vocab_rows": rows,
-            "bos_added": bos_added,
+            "bos_added": bos_added, "heal": options.heal, "heal_steps": options.heal_steps, "heal_text": options.heal_text,
         }
     }
     with ArtifactWriter(out, kind="model", force=force, parameters=parameters) as writer:
@@ -98,6 +103,10 @@ def transplant(base: str, donor: str, out: Path, options: TransplantOptions, for
         metrics: dict = {"vocabulary": counts, "special_tokens": _special_report(match, base_tokenizer, donor_tokenizer)}
         if new_scale is not None:
             metrics["new_scale"] = new_scale
+        if healing is not None:
+            from tokeff.surgery.transplant.heal import plot_loss
+
+            metrics["heal"] = {**healing, "plot": plot_loss(healing, writer.path)}
         metrics["seconds_transplant"] = time.perf_counter() - started
         if options.eval_text is not None:
             metrics["quality"] = _evaluate(base, writer.path, options, match, device)
@@ -126,6 +135,10 @@ def _check_options(options: TransplantOptions) -> Estimator:
         raise TokeffError("--tune-text only serves --new-scale auto")
     if options.pad_to < 1:
         raise TokeffError(f"--pad-to must be at least 1, got {options.pad_to}")
+    if not options.heal and (options.heal_steps is not None or options.heal_text is not None):
+        raise TokeffError("--heal-steps and --heal-text only serve --heal")
+    if options.heal_steps is not None and options.heal_steps < 1:
+        raise TokeffError(f"--heal-steps must be at least 1, got {options.heal_steps}")
     return estimator
 
 
@@ -214,6 +227,27 @@ def _scale_output_rows(base: str, replacements: dict[str, torch.Tensor], layout:
         for name in scaled:
             replacements[name][estimated] *= value
     return report
+
+
+def _check_heal(options: TransplantOptions, checkpoint: Checkpoint, layout: EmbeddingLayout, folder: Path, rows: int,
+                device: torch.device):
+    """Before any work: the --heal text read and cut, and the memory a heal needs checked."""
+    if not options.heal:
+        return None
+    from tokeff.core.model_checks import text_config
+    from tokeff.surgery.transplant import heal
+
+    heal.check_memory(checkpoint, layout, text_config(folder), rows, device)
+    return heal.read_heal_text(options.heal_text) if options.heal_text is not None else None
+
+
+def _heal(base: str, replacements: dict[str, torch.Tensor], layout: EmbeddingLayout, match: VocabMatch, tokenizer,
+          text, options: TransplantOptions, device: torch.device) -> dict:
+    from tokeff.surgery.transplant import heal
+
+    base_lm = load_model(base, device=str(device), dtype="float32")  # fitted in float32 whatever the checkpoint holds
+    text = text or heal.sampled_text(base_lm)
+    return heal.heal_rows(base_lm, replacements, layout, match.estimated_ids, tokenizer, text, options.heal_steps)
 
 
 def _write_config(base_folder: Path, folder: Path, tokenizer, rows: int) -> None:

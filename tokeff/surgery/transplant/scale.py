@@ -55,14 +55,14 @@ class ScaleChoice:
         }
 
 
-def sampled_documents(base: LoadedModel, seed: int = 0) -> list[str]:
-    """Texts drawn from the base model at temperature 1, each from a document boundary."""
+def sampled_documents(base: LoadedModel, seed: int = 0, count: int = SAMPLES, tokens: int = SAMPLE_TOKENS) -> list[str]:
+    """`count` texts of `tokens` tokens drawn from the base model at temperature 1, each from a document boundary."""
     torch.manual_seed(seed)
-    start = torch.full((SAMPLES, 1), prefix_token_id(base), device=base.device)
+    start = torch.full((count, 1), prefix_token_id(base), device=base.device)
     with torch.inference_mode():
         out = base.model.generate(
             start, attention_mask=torch.ones_like(start), do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-            max_new_tokens=SAMPLE_TOKENS, pad_token_id=prefix_token_id(base),
+            max_new_tokens=tokens, pad_token_id=prefix_token_id(base),
         )
     return [base.tokenizer.decode(row[1:], skip_special_tokens=True) for row in out]
 

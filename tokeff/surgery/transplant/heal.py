@@ -136,23 +136,11 @@ def heal_rows(base: LoadedModel, replacements: dict[str, torch.Tensor], layout: 
     swapped out). Returns the report."""
     started = time.perf_counter()
     model, device = base.model, base.device
-    limit = min(MAX_TOKENS, (base.max_positions or MAX_TOKENS) - 1)
-    base_ids = [base.encode_plain(chunk) for chunk in text.train]
     # The transplanted model's tokenizer, as `tokeff eval bpb` will use it on the written model.
     new_lm = LoadedModel(model=model, tokenizer=tokenizer, spec=base.spec, folder=base.folder)
-    new_ids_of = [new_lm.encode_plain(chunk) for chunk in text.train]
-    keep = [i for i in range(len(text.train)) if 0 < len(base_ids[i]) <= limit and 0 < len(new_ids_of[i]) <= limit]
-    if not keep:
-        raise TokeffError(f"--heal: no chunk of the heal text ({text.source}) fits in {limit} tokens")
-    if len(keep) < len(text.train):
-        console.warn(f"--heal: {len(text.train) - len(keep)} of {len(text.train)} chunks are over {limit} tokens; left out")
+    chunks, chunk_bytes, base_bits = _chunk_tokens(base, new_lm, text)
     context = min(1024, base.max_positions or 1024)
-    base_bits = torch.tensor([float(score_tokens(base, base_ids[i], len(base_ids[i]) + 1, label=None).token_nll.sum())
-                              for i in keep]) / math.log(2)
     base_held_out = bits_per_byte(base, text.held_out, context=context)
-    chunks = [new_ids_of[i] for i in keep]
-    chunk_bytes = torch.tensor([len(text.train[i].encode("utf-8")) for i in keep], dtype=torch.float64)
-
     embed_name, head_name, matrices = _install(model, replacements, layout, device)
     before = bits_per_byte(new_lm, text.held_out, context=context)
     new = torch.from_numpy(new_ids).to(device)
@@ -186,14 +174,7 @@ def heal_rows(base: LoadedModel, replacements: dict[str, torch.Tensor], layout: 
             bar.update(task, advance=1, description=f"healing new rows: {curve[-1]:+.4f} bits/byte above the base")
     steps = len(curve)
     seconds_per_step = (time.perf_counter() - fitting) / steps
-    stored = [layout.names] if layout.tied else [[layout.embed], [layout.lm_head]]
-    with torch.no_grad():
-        for name, p, written in zip(names, params, stored):
-            rounded = p.detach().cpu().to(replacements[written[0]].dtype)
-            with torch.inference_mode():  # the rebuilt matrices are inference tensors
-                for tensor_name in written:  # a tied model may store its lm_head too
-                    replacements[tensor_name][torch.from_numpy(new_ids)] = rounded
-            matrices[name][new] = rounded.to(device, torch.float32)  # what the written model holds
+    _write_back(params, names, matrices, replacements, layout, new_ids)
     after = bits_per_byte(new_lm, text.held_out, context=context)
     report = {
         "steps": steps, "batch_chunks": BATCH, "learning_rates": learning_rates, "rows": int(len(new_ids)),
@@ -209,6 +190,38 @@ def heal_rows(base: LoadedModel, replacements: dict[str, torch.Tensor], layout: 
     }
     console.info(f"--heal: held-out bpb {before.bpb:.4f} -> {after.bpb:.4f} (base {base_held_out.bpb:.4f}) in {steps} steps")
     return report
+
+
+def _write_back(params: list[torch.Tensor], names: list[str], matrices: dict[str, torch.Tensor],
+                replacements: dict[str, torch.Tensor], layout: EmbeddingLayout, new_ids: np.ndarray) -> None:
+    """The fitted rows into the matrices to be written (in their dtype) and, rounded the same way, into
+    the model, so that what is scored next is what the written model holds."""
+    stored = [layout.names] if layout.tied else [[layout.embed], [layout.lm_head]]  # a tied model may store lm_head too
+    rows = torch.from_numpy(new_ids)
+    for name, fitted, written in zip(names, params, stored):
+        rounded = fitted.detach().cpu().to(replacements[written[0]].dtype)
+        with torch.inference_mode():  # the rebuilt matrices are inference tensors
+            for tensor_name in written:
+                replacements[tensor_name][rows] = rounded
+        with torch.no_grad():
+            matrices[name][rows.to(matrices[name].device)] = rounded.to(matrices[name].device, torch.float32)
+
+
+def _chunk_tokens(base: LoadedModel, new_lm: LoadedModel, text: HealText) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
+    """Each heal chunk in the transplanted model's tokens, its bytes, and the base model's bits on it
+    (in its own tokens, after the same boundary token); chunks too long for either model are left out."""
+    limit = min(MAX_TOKENS, (base.max_positions or MAX_TOKENS) - 1)
+    base_ids = [base.encode_plain(chunk) for chunk in text.train]
+    new_ids = [new_lm.encode_plain(chunk) for chunk in text.train]
+    keep = [i for i in range(len(text.train)) if 0 < len(base_ids[i]) <= limit and 0 < len(new_ids[i]) <= limit]
+    if not keep:
+        raise TokeffError(f"--heal: no chunk of the heal text ({text.source}) fits in {limit} tokens")
+    if len(keep) < len(text.train):
+        console.warn(f"--heal: {len(text.train) - len(keep)} of {len(text.train)} chunks are over {limit} tokens; left out")
+    base_bits = torch.tensor([float(score_tokens(base, base_ids[i], len(base_ids[i]) + 1, label=None).token_nll.sum())
+                              for i in keep]) / math.log(2)
+    chunk_bytes = torch.tensor([len(text.train[i].encode("utf-8")) for i in keep], dtype=torch.float64)
+    return [new_ids[i] for i in keep], chunk_bytes, base_bits
 
 
 def _install(model, replacements: dict[str, torch.Tensor], layout: EmbeddingLayout,

@@ -73,3 +73,25 @@ def test_artifact_for_the_other_model_is_refused(builtin_model, artifacts):
     with pytest.raises(TokeffError, match="calibrated for model smollm2-135m.*not for gemma3-270m"):
         load_calibration(artifacts["smollm2-135m"], builtin_model("gemma3-270m"))
     assert load_calibration(artifacts["gemma3-270m"], builtin_model("gemma3-270m")).bits == 3
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_caches_that_change_nothing_score_as_plain_scoring(builtin_model, wikitext, name):
+    """Over many windows: a quantized cache whose residual window holds everything, and sink / h2o
+    caches that evict nothing, give plain `eval bpb` to 1e-4 bits per byte (and the KL measure 0)."""
+    from tokeff.decoding import get_method
+    from tokeff.decoding.bounded import bounded_cache_bpb
+    from tokeff.decoding.types import DecodeConfig
+    from tokeff.kvquant.quality import kv_quality
+
+    lm = builtin_model(name)
+    text = wikitext[1]
+    plain = bits_per_byte(lm, text, context=CONTEXT)
+    assert plain.tokens > 3 * CONTEXT // 2  # several sliding windows
+    quality = kv_quality(lm, text, kv_cache_factory("uniform:4", lm, residual=100_000), context=CONTEXT, chunk=CHUNK,
+                         resamples=100)
+    assert quality.bpb == pytest.approx(plain.bpb, abs=1e-4) and quality.reference_bpb == pytest.approx(plain.bpb, abs=1e-6)
+    assert quality.kl.high < 1e-4 and quality.top1.value > 0.999
+    for method, options in (("sink", {"window": 10 * CONTEXT}), ("h2o", {"kv_budget": 10 * CONTEXT})):
+        bounded = bounded_cache_bpb(get_method(method)(lm, DecodeConfig(), **options), text, CONTEXT, chunk=CHUNK)
+        assert bounded.bounded.bpb == pytest.approx(plain.bpb, abs=1e-4), method

@@ -99,7 +99,9 @@ def decode(
     sys.stdout.write("\n")
     stats = result.stats.to_json()
     console.info(
-        f"[{method}] {stats['tokens']} tokens in {stats['seconds']:.2f} s ({stats['tokens_per_s']:.1f} tokens/s), "
+        f"[{method}] {stats['tokens']} tokens in {stats['seconds']:.2f} s ({stats['tokens_per_s']:.1f} tokens/s"
+        + (f"; prefill {stats['prefill_seconds']:.2f} s, then {stats['decode_tokens_per_s']:.1f} tokens/s"
+           if "prefill_seconds" in stats else "") + "), "
         f"{stats['forward_passes']} forward passes, {stats['accepted_per_pass']:.2f} tokens/pass, "
         f"peak KV cache {stats['peak_kv_bytes'] / 2**20:.1f} MiB"
     )

@@ -8,7 +8,8 @@ A window is scored in one causal pass, or, given a `DecodeOrder`, through a fres
 generation meets it: the window's left context is fed first (as a prompt), then its new tokens
 `chunk` at a time, each call attending over the cache as the earlier calls left it. Caches that
 change what attention sees (quantized, evicting) are measured this way; a cache that changes
-nothing gives the one-pass numbers, on the same windows.
+nothing gives the one-pass numbers, on the same windows. `compare_tokens` scores each window both
+ways and compares the two next-token distributions token by token (KL divergence, top-1 agreement).
 
 Inputs are token ids, or (`embed`) input embeddings of ids the vocabulary lacks (dynamic tokens),
 and targets are scored by cross-entropy over the model's logits or by `log_probs` (an extended

@@ -72,6 +72,7 @@ def plot_panels(
         os.close(handle)
         try:
             figure.savefig(temporary, dpi=dpi)
+            os.chmod(temporary, 0o644)  # mkstemp makes it private; a plot is for everyone to read
             os.replace(temporary, path)
         except BaseException:
             os.unlink(temporary)

@@ -25,7 +25,10 @@ Model = Annotated[str, typer.Option("--model", "-m", help="Built-in name, .gguf 
 Output = Annotated[Path, typer.Option("-o", "--output", help="Output artifact folder.")]
 # Several models combined byte by byte (`tokeff ensemble`, `tokeff eval bpb` with more than one --model).
 Models = Annotated[list[str], typer.Option("--model", "-m", help="Built-in name, .gguf file, folder or hub id (repeatable).")]
-EnsembleWeights = Annotated[list[float] | None, typer.Option("--weight", help="One weight per --model (default: equal).")]
+EnsembleWeights = Annotated[
+    list[str] | None,
+    typer.Option("--weight", help="One weight per --model (default: equal), or auto: the members' posteriors, updated byte by byte."),
+]
 EnsembleMode = Annotated[str, typer.Option(help="mix: average the byte probabilities; product: weighted geometric mean.")]
 # A quantized KV cache (`tokeff decode`, `tokeff eval bpb`).
 KvQuant = Annotated[

@@ -7,12 +7,33 @@ import math
 from tokeff.core.errors import TokeffError
 
 MODES = ("mix", "product")
+AUTO = "auto"  # a Bayesian mixture: the members' posteriors, updated byte by byte, from equal priors
+
+Weights = list[float] | str | None  # explicit weights, AUTO, or None (equal)
 
 
-def ensemble_weights(weights: list[float] | None, count: int, mode: str = "mix") -> list[float]:
-    """The weights normalized to sum 1 (equal if not given), after checking them and the mode."""
+def parse_weights(values: list[str] | None) -> Weights:
+    """`--weight` flags: one number per model, or `auto` alone."""
+    if not values:
+        return None
+    if AUTO in values:
+        if len(values) != 1:
+            raise TokeffError("--weight auto stands alone (the members' posteriors are the weights)")
+        return AUTO
+    try:
+        return [float(value) for value in values]
+    except ValueError:
+        raise TokeffError(f"--weight takes numbers or auto, got {' '.join(values)}") from None
+
+
+def ensemble_weights(weights: Weights, count: int, mode: str = "mix") -> list[float]:
+    """The weights (with AUTO: the priors) normalized to sum 1, equal if not given, after checking them and the mode."""
     if mode not in MODES:
         raise TokeffError(f"--mode must be one of {', '.join(MODES)}, got '{mode}'")
+    if weights == AUTO:
+        if mode != "mix":
+            raise TokeffError("--weight auto is a Bayesian mixture: use it with --mode mix")
+        return [1.0 / count] * count
     if not weights:
         return [1.0 / count] * count
     if len(weights) != count:

@@ -103,11 +103,12 @@ class ByteLevelModel:
 
     # --- public API ---------------------------------------------------------------------------
 
-    def append(self, data: bytes | int) -> None:
-        """Extend the text (the probability of what is appended is accounted for)."""
+    def append(self, data: bytes | int, scored: bool = True) -> None:
+        """Extend the text; `scored=False` extends it as prompt (no model call, and no `prefix_logprob` after)."""
+        self.scored = self.scored and scored
         for byte in [data] if isinstance(data, int) else data:
             self.text.append(byte)
-            self._commit(scored=True)  # byte by byte, so a long append never computes a long path at once
+            self._commit(scored=scored)  # byte by byte, so a long append never computes a long path at once
         self._next = None
 
     def next_byte_logprobs(self) -> torch.Tensor:
@@ -154,16 +155,20 @@ class ByteLevelModel:
 
     # --- the covering tree --------------------------------------------------------------------
 
-    def _live_nodes(self) -> list[tuple[int, _Node]]:
-        """(m, node) for every prefix text[:m] from which a cover can still continue the text."""
+    def live_paths(self) -> list[tuple[int, Path]]:
+        """(m, path) for every prefix text[:m] from which a cover can still continue the text: the
+        covering tree's nodes, each the tokens after the trunk (no model call)."""
         n = len(self.text)
         live = []
         for m in range(max(self.start, n - self.vocab.max_len), n + 1):
             if m < n and not self.vocab.has_longer(bytes(self.text[m:n])):
                 continue
             for path in self.prefixes.tokenizations(bytes(self.text[self.start : m]), bytes(self.text[m:])):
-                live.append((m, self._ensure(path)))
+                live.append((m, path))
         return live
+
+    def _live_nodes(self) -> list[tuple[int, _Node]]:
+        return [(m, self._ensure(path)) for m, path in self.live_paths()]
 
     def _ensure(self, path: Path) -> _Node:
         """The node for `path` (tokens after the trunk), with its distribution computed by one model call if missing."""

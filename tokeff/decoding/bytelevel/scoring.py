@@ -1,22 +1,35 @@
 """Bits per byte of byte-level models and their ensembles: every byte scored under the next-byte distribution.
 
-A long text is cut into segments (after a newline where possible), each scored from a fresh
-context like the token-level scorer's windows. The members' own byte-level bits per byte come
-from the same run, so an ensemble and its members are compared on identical conditions.
+A long text is cut into windows like the token-level scorer's: each scores a segment (cut after a
+newline where possible) after up to `context_bytes` of the text before it (0: a fresh context per
+segment). Every member is scored on the same windows, so an ensemble and its members are compared
+like for like, and the ensemble (mix, product, or the Bayesian `auto` mixture) is computed from the
+members' next-byte distributions afterwards.
+
+Each member is scored in batched passes over its covering trees (`batched.py`), or, with
+`batched=False`, one incremental call per byte (the reference the batched scorer must equal).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import torch
 
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
 from tokeff.core.models import LoadedModel
-from tokeff.decoding.bytelevel.ensemble import ByteEnsemble
+from tokeff.core.weights import AUTO, Weights, ensemble_weights
+from tokeff.decoding.bytelevel.batched import batched_byte_logprobs
+from tokeff.decoding.bytelevel.ensemble import combine, posterior
 from tokeff.decoding.bytelevel.model import ByteLevelModel
 from tokeff.decoding.bytelevel.utf8 import partial_start
+from tokeff.decoding.bytelevel.vocab import END
+from tokeff.decoding.types import DecodeStats
+
+Window = tuple[int, int, int]  # (context start, start, end): scores data[start:end] after data[context start:start]
 
 
 @dataclass
@@ -27,6 +40,11 @@ class ByteBpbResult:
     segments: int
     seconds: float
     model_calls: list[int]
+    member_seconds: list[float] = field(default_factory=list)
+    tree_tokens: list[int] = field(default_factory=list)  # tokens fed per member (batched: covering-tree nodes)
+    context_bytes: int = 0
+    weights: list[float] | str | None = None
+    byte_nll: torch.Tensor = field(default=None, repr=False)  # [members + 1, bytes] nats: members, then the ensemble
 
     def to_json(self) -> dict:
         return {
@@ -34,9 +52,13 @@ class ByteBpbResult:
             "member_bpb": self.member_bpb,
             "bytes": self.bytes,
             "segments": self.segments,
+            "context_bytes": self.context_bytes,
             "seconds": self.seconds,
+            "member_seconds": self.member_seconds,
+            "member_seconds_per_byte": [seconds / self.bytes for seconds in self.member_seconds],
             "model_calls": self.model_calls,
             "model_calls_per_byte": [calls / self.bytes for calls in self.model_calls],
+            "tree_tokens_per_byte": [tokens / self.bytes for tokens in self.tree_tokens],
         }
 
 
@@ -55,35 +77,88 @@ def segments(data: bytes, segment_bytes: int) -> list[bytes]:
     return pieces
 
 
+def windows(data: bytes, segment_bytes: int, context_bytes: int = 0) -> list[Window]:
+    """The segments, each after up to `context_bytes` of the text before it (from a character boundary)."""
+    if context_bytes < 0:
+        raise TokeffError(f"--context-bytes must be >= 0, got {context_bytes}")
+    out, start = [], 0
+    for piece in segments(data, segment_bytes):
+        context_start = max(0, start - context_bytes)
+        while context_start < start and 0x80 <= data[context_start] < 0xC0:
+            context_start += 1
+        out.append((context_start, start, start + len(piece)))
+        start += len(piece)
+    return out
+
+
+def incremental_byte_logprobs(lm: LoadedModel, data: bytes, plan: list[Window], stats: DecodeStats) -> torch.Tensor:
+    """The reference: [len(data), 257] next-byte log-probabilities, one incremental model step per byte."""
+    out = torch.empty(len(data), END + 1, dtype=torch.float64)
+    for context_start, start, end in plan:
+        context = data[context_start:start]
+        model = ByteLevelModel(lm, text=context, stats=stats) if context else ByteLevelModel(lm, stats=stats)
+        for index in range(start, end):
+            out[index] = model.next_byte_logprobs()
+            model.append(data[index])
+    return out
+
+
+def ensemble_nll(member_logprobs: torch.Tensor, data: bytes, weights: Weights = None, mode: str = "mix") -> torch.Tensor:
+    """Negative log-likelihood (nats) of every byte under the ensemble of members' [members, bytes, 257] log-probabilities."""
+    prior = torch.tensor(ensemble_weights(weights, len(member_logprobs), mode), dtype=torch.float64)
+    targets = torch.tensor(list(data))
+    if weights == AUTO:
+        byte_logprobs = member_logprobs[:, torch.arange(len(data)), targets]
+        log_weights = posterior(prior.log(), byte_logprobs)[:, :-1]
+        return -torch.logsumexp(byte_logprobs + log_weights, dim=0)
+    return -combine(member_logprobs, prior, mode)[torch.arange(len(data)), targets]
+
+
 def byte_bits_per_byte(
-    lms: list[LoadedModel], text: str, weights: list[float] | None = None, mode: str = "mix", segment_bytes: int = 2048
+    lms: list[LoadedModel],
+    text: str,
+    weights: Weights = None,
+    mode: str = "mix",
+    segment_bytes: int = 2048,
+    context_bytes: int = 0,
+    batched: bool = True,
+    batch_tokens: int = 256,
 ) -> ByteBpbResult:
     """Bits per byte of the byte-level ensemble of `lms` (and of each member alone) on `text`."""
     data = text.encode("utf-8")
     if not data:
         raise TokeffError("the text is empty")
+    ensemble_weights(weights, len(lms), mode)
+    plan = windows(data, segment_bytes, context_bytes)
     started = time.perf_counter()
-    nll = 0.0
-    member_nll = [0.0] * len(lms)
-    calls = [0] * len(lms)
-    pieces = segments(data, segment_bytes)
-    with console.progress() as bar:
-        task = bar.add_task("scoring bytes", total=len(data))
-        for piece in pieces:
-            ensemble = ByteEnsemble([ByteLevelModel(lm) for lm in lms], weights, mode)
-            for byte in piece:
-                nll -= float(ensemble.next_byte_logprobs()[byte])
-                for index, logprobs in enumerate(ensemble.member_logprobs):
-                    member_nll[index] -= float(logprobs[byte])
-                ensemble.append(byte)
-                bar.advance(task)
-            calls = [total + new for total, new in zip(calls, ensemble.model_calls)]
+    member_logprobs, calls, fed, seconds = [], [], [], []
+    for lm in console.track(lms, "scoring bytes"):
+        stats = DecodeStats()
+        begun = time.perf_counter()
+        if batched:
+            logprobs, tokens = batched_byte_logprobs(lm, data, plan, stats, batch_tokens)
+        else:
+            logprobs, tokens = incremental_byte_logprobs(lm, data, plan, stats), None
+        seconds.append(time.perf_counter() - begun)
+        member_logprobs.append(logprobs)
+        calls.append(stats.forward_passes)
+        if tokens is not None:
+            fed.append(tokens)
+    stacked = torch.stack(member_logprobs)
+    targets = torch.tensor(list(data))
+    member_nll = -stacked[:, torch.arange(len(data)), targets]
+    nll = ensemble_nll(stacked, data, weights, mode)
     scale = 1.0 / (math.log(2) * len(data))
     return ByteBpbResult(
-        bpb=nll * scale,
-        member_bpb=[value * scale for value in member_nll],
+        bpb=float(nll.sum()) * scale,
+        member_bpb=[float(row.sum()) * scale for row in member_nll],
         bytes=len(data),
-        segments=len(pieces),
+        segments=len(plan),
         seconds=time.perf_counter() - started,
         model_calls=calls,
+        member_seconds=seconds,
+        tree_tokens=fed,
+        context_bytes=context_bytes,
+        weights=weights,
+        byte_nll=torch.cat([member_nll, nll[None]]),
     )

@@ -1,0 +1,178 @@
+"""Byte-level scoring of a known text in a few batched forward passes, equal to the incremental model.
+
+For a known text, the covering tree's nodes at every byte position are known before any model
+call: they are tokenizations of prefixes (`ByteLevelModel.live_paths`), which need no model. So
+a window is planned first: every node of every position goes into one trie (the trunk, with short
+branches off it), and the trie is then scored with tree attention (`forward_masked`), each node
+attending to its ancestors only, `batch_tokens` nodes per model call over a cache of the earlier
+ones. The trunk before the first scored byte is fed as a plain causal prompt.
+
+Each node's next-token log-probabilities are reduced at once to what the positions that use it
+need (the 258-bin scatter for the position at its end, the binned range of tokens that continue
+the text for later positions), so no vocabulary-sized row outlives its batch. The sums run in
+float64 probabilities: a node's distribution is normalized, so nothing overflows, and nothing a
+float32 model can give underflows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from tokeff.core.errors import TokeffError
+from tokeff.core.models import LoadedModel
+from tokeff.decoding.bytelevel.model import ByteLevelModel
+from tokeff.decoding.bytelevel.utf8 import allowed_next
+from tokeff.decoding.bytelevel.vocab import END, N_BINS, ByteVocab
+from tokeff.decoding.runner import CachedRunner
+from tokeff.decoding.tree_attention import forward_masked
+from tokeff.decoding.types import DecodeStats
+
+_ROW_ELEMENTS = 1 << 24  # float64 elements per post-processing block (128 MiB)
+
+
+@dataclass
+class CoverPlan:
+    """One window's covering tree as a trie (node 0 the window's first token), and what each scored byte reads from it."""
+
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    depth: list[int] = field(default_factory=list)
+    children: list[dict[int, int]] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # n: the scored byte is text[n]
+    entries: list[tuple[int, int, int]] = field(default_factory=list)  # (scored byte index, m, node)
+    text: bytes = b""
+    first_node: int = 0  # the trunk node at the first scored byte: nodes before it are only context
+
+    def child(self, parent: int, token: int) -> int:
+        if parent >= 0 and token in self.children[parent]:
+            return self.children[parent][token]
+        self.tokens.append(token)
+        self.parents.append(parent)
+        self.depth.append(self.depth[parent] + 1 if parent >= 0 else 0)
+        self.children.append({})
+        if parent >= 0:
+            self.children[parent][token] = len(self.tokens) - 1
+        return len(self.tokens) - 1
+
+
+def plan_window(lm: LoadedModel, context: bytes, scored: bytes) -> CoverPlan:
+    """Walk the text as the incremental model does (same trunk, same nodes), recording nodes instead of computing them."""
+    walker = ByteLevelModel(lm, text=context) if context else ByteLevelModel(lm)
+    plan = CoverPlan()
+    trunk: list[int] = []  # trie node of each trunk token
+    for index, byte in enumerate(scored):
+        while len(trunk) < len(walker.trunk):
+            trunk.append(plan.child(trunk[-1] if trunk else -1, walker.trunk[len(trunk)]))
+        if index == 0:
+            plan.first_node = trunk[-1]
+        plan.positions.append(len(walker.text))
+        for m, path in walker.live_paths():
+            node = trunk[-1]
+            for token in path:
+                node = plan.child(node, token)
+            plan.entries.append((index, m, node))
+        walker.append(byte, scored=False)
+    plan.text = bytes(walker.text)
+    return plan
+
+
+@torch.inference_mode()
+def score_plan(lm: LoadedModel, plan: CoverPlan, stats: DecodeStats, batch_tokens: int = 256) -> torch.Tensor:
+    """log P(next byte | text before it) over 257 outcomes for every scored byte of the plan: [bytes, 257], float64."""
+    vocab = ByteVocab.for_model(lm)
+    n_nodes, first = len(plan.tokens), plan.first_node
+    runner = CachedRunner(lm, stats, DynamicCache())
+    if first:
+        runner.forward(plan.tokens[:first], logits_to_keep=1)
+    depth = torch.tensor(plan.depth)
+    ancestors = torch.zeros(n_nodes, n_nodes, dtype=torch.bool)
+    for node, parent in enumerate(plan.parents):
+        if parent >= 0:
+            ancestors[node] = ancestors[parent]
+        ancestors[node, node] = True
+    by_node: dict[int, list[int]] = {}
+    for entry, (_, _, node) in enumerate(plan.entries):
+        by_node.setdefault(node, []).append(entry)
+    sums = torch.zeros(len(plan.entries), N_BINS, dtype=torch.float64)
+    edge = torch.zeros(n_nodes, dtype=torch.float64)  # log P(token of node | parent's sequence)
+    first_bin = vocab.first_bin
+    rows_per_block = max(1, _ROW_ELEMENTS // len(vocab))
+    for start in range(first, n_nodes, batch_tokens):
+        stop = min(start + batch_tokens, n_nodes)
+        logits = forward_masked(runner, plan.tokens[start:stop], depth[start:stop], ancestors[start:stop, :stop], depth[:stop])
+        for block in range(start, stop, rows_per_block):
+            nodes = range(block, min(block + rows_per_block, stop))
+            logp = torch.log_softmax(logits[block - start : nodes.stop - start].double().cpu(), dim=-1)
+            probs = logp.exp()
+            kids = [(node - block, token, kid) for node in nodes for token, kid in plan.children[node].items()]
+            if kids:
+                rows, cols, targets = zip(*kids)
+                edge[list(targets)] = logp[list(rows), list(cols)]
+            _reduce_rows(plan, vocab, nodes, probs, first_bin, by_node, sums)
+    logp_node = torch.zeros(n_nodes, dtype=torch.float64)
+    for node in range(first + 1, n_nodes):
+        logp_node[node] = logp_node[plan.parents[node]] + edge[node]
+    return _next_byte_logprobs(plan, sums, logp_node)
+
+
+def _reduce_rows(plan, vocab, nodes: range, probs, first_bin, by_node, sums) -> None:
+    """Each entry of these nodes: the node's next-token probabilities binned by the byte after text[m:n]."""
+    whole, ranged, ids, bins, owners = [], [], [], [], []
+    for node in nodes:
+        for entry in by_node.get(node, ()):
+            index, m, _ = plan.entries[entry]
+            n = plan.positions[index]
+            if m == n:
+                whole.append((entry, node - nodes.start))
+            else:
+                token_ids, token_bins = vocab.next_bins(plan.text[m:n])
+                ids.append(token_ids)
+                bins.append(token_bins)
+                owners.append(torch.full((len(token_ids),), len(ranged), dtype=torch.long))
+                ranged.append((entry, node - nodes.start))
+    if whole:
+        entries, rows = zip(*whole)
+        sums[list(entries)] = torch.zeros(len(rows), N_BINS, dtype=torch.float64).index_add_(1, first_bin, probs[list(rows)])
+    if ranged:
+        entries, rows = zip(*ranged)
+        owner = torch.cat(owners)
+        values = probs[torch.tensor(rows)[owner], torch.cat(ids)]
+        flat = torch.zeros(len(ranged) * N_BINS, dtype=torch.float64).index_add_(0, owner * N_BINS + torch.cat(bins), values)
+        sums[list(entries)] = flat.view(len(ranged), N_BINS)
+
+
+def _next_byte_logprobs(plan: CoverPlan, sums: torch.Tensor, logp_node: torch.Tensor) -> torch.Tensor:
+    """Per scored byte: the entries' binned probabilities, weighted by their nodes' probabilities, masked and normalized."""
+    index = torch.tensor([entry[0] for entry in plan.entries])
+    nodes = torch.tensor([entry[2] for entry in plan.entries])
+    values = sums.log() + logp_node[nodes, None]
+    peak = torch.full((len(plan.positions), N_BINS), -math.inf, dtype=torch.float64)
+    peak.scatter_reduce_(0, index[:, None].expand_as(values), values, reduce="amax")
+    safe = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    total = torch.zeros_like(peak).index_add_(0, index, torch.exp(values - safe[index]))
+    scores = total.log() + safe
+    allowed = torch.stack([allowed_next(plan.text[:n]) for n in plan.positions])
+    scores[~allowed] = -math.inf
+    scores = scores[:, : END + 1]
+    norm = torch.logsumexp(scores, dim=1, keepdim=True)
+    if not torch.isfinite(norm).all():
+        raise TokeffError("no tokenization of the model can continue this text")
+    return scores - norm
+
+
+def batched_byte_logprobs(
+    lm: LoadedModel, data: bytes, windows: list[tuple[int, int, int]], stats: DecodeStats, batch_tokens: int = 256
+) -> tuple[torch.Tensor, int]:
+    """Next-byte log-probabilities [len(data), 257] of every byte, each window (context start, start, end)
+    scoring data[start:end] after data[context start:start]; and the tree nodes fed."""
+    out = torch.empty(len(data), END + 1, dtype=torch.float64)
+    fed = 0
+    for context_start, start, end in windows:
+        plan = plan_window(lm, data[context_start:start], data[start:end])
+        out[start:end] = score_plan(lm, plan, stats, batch_tokens)
+        fed += len(plan.tokens)
+    return out, fed

@@ -73,3 +73,19 @@ def test_heal_first_token_is_the_best_token_extending_the_backed_up_one(tiny_gem
         logits = model(torch.tensor([ids[:-1]])).logits[0, -1]
     assert payload["token_ids"][0] == allowed[int(logits[allowed].argmax())]
     assert (last + payload["text"]).startswith(tokenizer.decode([payload["token_ids"][0]]))
+
+
+def test_eval_bpb_byte_level_auto_and_one_model(tiny_llama_dir, tiny_gemma_dir, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("All the world's a stage,\nand all the men and women merely players\n")
+    args = ["eval", "bpb", "-m", tiny_llama_dir, "-m", tiny_gemma_dir, text, "--segment-bytes", 30, "--context-bytes", 20]
+    auto = json.loads(run_cli(*args, "--weight", "auto", "--json", check=0).stdout)
+    assert auto["weights"] == "auto" and auto["scoring"] == "batched" and auto["context_bytes"] == 20
+    assert auto["bpb"] <= min(auto["member_bpb"]) + 1 / auto["bytes"] + 1e-9  # log2(2) bits over the whole text
+    incremental = json.loads(run_cli(*args, "--weight", "auto", "--incremental", "--json", check=0).stdout)
+    assert incremental["bpb"] == pytest.approx(auto["bpb"], abs=1e-4) and incremental["scoring"] == "incremental"
+    solo = json.loads(run_cli("eval", "bpb", "-m", tiny_gemma_dir, text, "--byte-level", "--segment-bytes", 30,
+                              "--context-bytes", 20, "--json", check=0).stdout)
+    assert solo["member_bpb"] == [pytest.approx(auto["member_bpb"][1])] and solo["bpb"] == pytest.approx(solo["member_bpb"][0])
+    bad = run_cli("eval", "bpb", "-m", tiny_llama_dir, "-m", tiny_gemma_dir, text, "--weight", "auto", "--mode", "product")
+    assert bad.returncode == 1 and "--mode mix" in bad.stderr

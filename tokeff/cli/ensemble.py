@@ -13,7 +13,7 @@ import typer
 from tokeff.cli.options import EnsembleMode, EnsembleWeights, Json, ModelArgs, Models, with_shared_args
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
-from tokeff.core.weights import ensemble_weights
+from tokeff.core.weights import AUTO, ensemble_weights, parse_weights
 
 
 @with_shared_args
@@ -38,7 +38,8 @@ def ensemble(
         raise TokeffError("give exactly one of --prompt and --prompt-file")
     if max_new_bytes < 1:
         raise TokeffError(f"--max-new-bytes must be >= 1, got {max_new_bytes}")
-    ensemble_weights(weight, len(model), mode)  # bad flags fail before torch is imported
+    weights = parse_weights(weight)
+    ensemble_weights(weights, len(model), mode)  # bad flags fail before torch is imported
     from tokeff.core.textio import read_text
     from tokeff.decoding.bytelevel import ByteEnsemble, ByteLevelModel, generate_bytes
     from tokeff.decoding.sampling import make_chooser
@@ -52,13 +53,14 @@ def ensemble(
     stops = [codecs.decode(marker, "unicode_escape").encode("utf-8") for marker in stop or []]
     lms = [loader.load(spec) for spec in model]
     started = time.perf_counter()
-    combined = ByteEnsemble([ByteLevelModel(lm, text=text) for lm in lms], weight, mode)
+    combined = ByteEnsemble([ByteLevelModel(lm, text=text) for lm in lms], weights, mode)
     data = generate_bytes(combined, chooser, max_new_bytes, not ignore_eos, stops, on_text=None if json else _write)
     seconds = time.perf_counter() - started
     calls = dict(zip(model, combined.model_calls))
     payload = {
         "models": model,
-        "weights": combined.weights.tolist(),
+        "weights": combined.weights.tolist(),  # with auto: the posteriors after the last byte
+        "auto": weights == AUTO,
         "mode": mode,
         "text": data.decode("utf-8", errors="replace"),
         "bytes": len(data),

@@ -15,7 +15,7 @@ from tokeff.cli.options import (
 from tokeff.core import console
 from tokeff.core.errors import TokeffError
 from tokeff.core.options import cli_parameters, with_cli_parameters
-from tokeff.core.weights import ensemble_weights
+from tokeff.core.weights import AUTO, ensemble_weights, parse_weights
 
 app = typer.Typer(help="Measure models.", no_args_is_help=True)
 
@@ -52,7 +52,12 @@ def bpb(
     ] = None,
     weight: EnsembleWeights = None,
     mode: EnsembleMode = "mix",
-    segment_bytes: Annotated[int, typer.Option(help="Ensembles: bytes per segment scored from a fresh context.")] = 2048,
+    segment_bytes: Annotated[int, typer.Option(help="Byte level: bytes scored per window.")] = 2048,
+    context_bytes: Annotated[int, typer.Option(help="Byte level: bytes of the text before each window it sees first "
+                                                     "(0: a fresh context per segment).")] = 2048,
+    byte_level: Annotated[bool, typer.Option("--byte-level", help="Score one model byte by byte (implied by several --model).")] = False,
+    incremental: Annotated[bool, typer.Option("--incremental", help="Byte level: one model call per byte (the reference), "
+                                                                     "not batched covering trees.")] = False,
     loader: ModelArgs = ModelArgs(),
     json: Json = False,
     corpus_args: CorpusArgs = CorpusArgs(),
@@ -60,7 +65,7 @@ def bpb(
 ) -> None:
     """Bits per byte: token negative log-likelihoods summed, over the text's UTF-8 bytes (sliding window).
 
-    With several --model flags: the byte-level ensemble's bits per byte (and each member's, byte level).
+    With several --model flags: the byte-level ensemble's bits per byte (and each member's, byte level, on the same windows).
     With -o (corpus mode, one model, sliding windows): one row per document, corpus bits per byte on stdout.
     """
     from tokeff.core.textio import read_text
@@ -76,10 +81,10 @@ def bpb(
         raise TokeffError("give one file, or -o OUT to score a corpus")
     file = files[0]
     text = read_text(file, max_bytes)
-    if len(model) > 1:
+    if len(model) > 1 or byte_level:
         if method is not None or kv_quant is not None:
-            raise TokeffError("--method and --kv-quant score one model; give a single --model with them")
-        _ensemble_bpb(file, text, model, weight, mode, segment_bytes, loader, json)
+            raise TokeffError("--method and --kv-quant score tokens; not with --byte-level or several --model")
+        _byte_bpb(file, text, model, parse_weights(weight), mode, segment_bytes, context_bytes, not incremental, loader, json)
         return
     model = model[0]
     if chunk is not None and chunk < 1:
@@ -149,25 +154,29 @@ def _size(n_bytes: int) -> str:
     return f"{n_bytes / 2**20:.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.1f} KiB"
 
 
-def _ensemble_bpb(file, text, models, weights, mode, segment_bytes, loader: ModelArgs, json) -> None:
+def _byte_bpb(file, text, models, weights, mode, segment_bytes, context_bytes, batched, loader: ModelArgs, json) -> None:
     normalized = ensemble_weights(weights, len(models), mode)  # bad weights fail before any model loads
     lms = [loader.load(spec) for spec in models]
     from tokeff.decoding.bytelevel import byte_bits_per_byte
 
-    result = byte_bits_per_byte(lms, text, weights, mode, segment_bytes)
+    result = byte_bits_per_byte(lms, text, weights, mode, segment_bytes, context_bytes, batched=batched)
+    label = f"ensemble ({mode}, {weights} weights)" if weights == AUTO else f"ensemble ({mode})"
     payload = {
         "models": models,
-        "weights": normalized,
+        "weights": weights if weights == AUTO else normalized,
         "mode": mode,
+        "scoring": "batched" if batched else "incremental",
         "file": str(file),
         **result.to_json(),
     }
     if json:
         console.emit_json(payload)
         return
-    table = Table("model", "bits/byte (byte level)", "model calls/byte", title=f"{result.bytes:,} bytes, {result.segments} segments")
-    for spec, value, calls in zip(models, result.member_bpb, result.model_calls):
-        table.add_row(spec, f"{value:.4f}", f"{calls / result.bytes:.2f}")
-    table.add_row(f"ensemble ({mode})", f"{result.bpb:.4f}", "")
+    title = f"{result.bytes:,} bytes, {result.segments} windows, {context_bytes:,} context bytes"
+    table = Table("model", "bits/byte (byte level)", "model calls/byte", "ms/byte", title=title)
+    for spec, value, calls, seconds in zip(models, result.member_bpb, result.model_calls, result.member_seconds):
+        table.add_row(spec, f"{value:.4f}", f"{calls / result.bytes:.3f}", f"{1000 * seconds / result.bytes:.2f}")
+    if len(models) > 1:
+        table.add_row(label, f"{result.bpb:.4f}", "", "")
     console.stdout.print(table)
     console.info(f"{result.seconds:.1f} s")

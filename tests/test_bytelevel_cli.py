@@ -15,6 +15,11 @@ def test_ensemble_json_and_stream(tiny_llama_dir, tiny_gemma_dir):
     assert 1 <= payload["bytes"] <= 8 and payload["weights"] == [0.25, 0.75] and payload["mode"] == "mix"
     assert "\n" not in payload["text"][:-1]  # generation stops right after a newline
     assert set(payload["model_calls"]) == {str(tiny_llama_dir), str(tiny_gemma_dir)}
+    baseline = json.loads(run_cli(*args, "--greedy-baseline", "--json", check=0).stdout)
+    assert baseline["text"] == payload["text"] and set(baseline["greedy"]) == set(payload["model_calls"])
+    assert all(rates["model_calls_per_byte"] > 0 and rates["seconds_per_byte"] > 0 for rates in baseline["greedy"].values())
+    auto = json.loads(run_cli(*args[:-6], "--weight", "auto", "--json", check=0).stdout)
+    assert auto["auto"] and sum(auto["weights"]) == pytest.approx(1.0)
     streamed = run_cli(*args, check=0)
     assert streamed.stdout.rstrip("\n") == payload["text"].rstrip("\n")
     assert "bytes/s" in streamed.stderr and "bytes/s" not in streamed.stdout

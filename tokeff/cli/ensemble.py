@@ -30,6 +30,10 @@ def ensemble(
     top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass over bytes.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed for sampling.")] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep going past the end of the text.")] = False,
+    greedy_baseline: Annotated[
+        bool, typer.Option("--greedy-baseline", help="Also decode the prompt with each member's plain greedy decoding, "
+                                                     "for its model calls and seconds per byte beside the ensemble's."),
+    ] = False,
     loader: ModelArgs = ModelArgs(),
     json: Json = False,
 ) -> None:
@@ -57,6 +61,7 @@ def ensemble(
     data = generate_bytes(combined, chooser, max_new_bytes, not ignore_eos, stops, on_text=None if json else _write)
     seconds = time.perf_counter() - started
     calls = dict(zip(model, combined.model_calls))
+    greedy = {spec: _greedy_rates(lm, text, len(data), not ignore_eos) for spec, lm in zip(model, lms)} if greedy_baseline else {}
     payload = {
         "models": model,
         "weights": combined.weights.tolist(),  # with auto: the posteriors after the last byte
@@ -68,6 +73,8 @@ def ensemble(
         "bytes_per_s": len(data) / seconds if seconds > 0 else 0.0,
         "model_calls": calls,
         "model_calls_per_byte": {spec: count / max(1, len(data)) for spec, count in calls.items()},
+        "seconds_per_byte": seconds / max(1, len(data)),
+        **({"greedy": greedy} if greedy else {}),
     }
     if json:
         console.emit_json(payload)
@@ -75,6 +82,24 @@ def ensemble(
     sys.stdout.write("\n")
     per_model = ", ".join(f"{spec}: {count} calls" for spec, count in calls.items())
     console.info(f"[ensemble {mode}] {len(data)} bytes in {seconds:.2f} s ({payload['bytes_per_s']:.1f} bytes/s); {per_model}")
+    per_byte = ", ".join(f"{spec}: {count / max(1, len(data)):.2f}" for spec, count in calls.items())
+    console.info(f"  ensemble: {1000 * payload['seconds_per_byte']:.1f} ms/byte, model calls/byte {per_byte}")
+    for spec, rates in greedy.items():
+        console.info(f"  {spec} greedy: {1000 * rates['seconds_per_byte']:.1f} ms/byte, "
+                     f"{rates['model_calls_per_byte']:.2f} model calls/byte ({rates['bytes']} bytes)")
+
+
+def _greedy_rates(lm, text: str, n_bytes: int, stop_at_eos: bool) -> dict:
+    """Plain greedy token decoding of the same prompt, for about as many bytes: its model calls and seconds per byte."""
+    from tokeff.decoding import get_method
+    from tokeff.decoding.types import DecodeConfig, Prompt
+
+    started = time.perf_counter()
+    config = DecodeConfig(max_new_tokens=max(1, n_bytes // 3), stop_at_eos=stop_at_eos)
+    result = get_method("greedy")(lm, config).generate(Prompt.from_text(lm, text))
+    seconds = time.perf_counter() - started
+    produced = max(1, len(result.text.encode("utf-8")))
+    return {"bytes": produced, "seconds_per_byte": seconds / produced, "model_calls_per_byte": result.stats.forward_passes / produced}
 
 
 def _write(text: str) -> None:

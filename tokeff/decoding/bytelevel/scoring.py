@@ -45,6 +45,7 @@ class ByteBpbResult:
     context_bytes: int = 0
     weights: list[float] | str | None = None
     byte_nll: torch.Tensor = field(default=None, repr=False)  # [members + 1, bytes] nats: members, then the ensemble
+    member_logprobs: torch.Tensor = field(default=None, repr=False)  # [members, bytes, 257] next-byte log-probabilities
 
     def to_json(self) -> dict:
         return {
@@ -161,4 +162,5 @@ def byte_bits_per_byte(
         context_bytes=context_bytes,
         weights=weights,
         byte_nll=torch.cat([member_nll, nll[None]]),
+        member_logprobs=stacked,
     )

@@ -1,0 +1,180 @@
+"""Byte-level bits per byte, batched, beside token-level `eval bpb` on the same held-out text.
+
+Held-out text: the last `--bytes` bytes of WikiText-2 validation (from a line start); nothing in
+tokeff is fitted or tuned on it. Per model, in the same run: token-level bits per byte (tokeff's
+`bits_per_byte`, 1,024-token windows, stride 512), byte-level bits per byte with the batched
+covering-tree scorer (2,048-byte windows after 2,048 bytes of context), and the seconds of each.
+The ensembles (equal-weight mix, product, Bayesian `auto` mixture) are computed from the members'
+byte-level distributions on the same windows. The incremental reference (one model call per
+byte) runs on the first `--reference-bytes` bytes of the text beside the batched scorer, for its
+speed and to check that both give the same number. 95% intervals: block bootstrap over 256-byte
+blocks (1,000 resamples, seed 0), paired for differences.
+
+    python benchmarks/bytelevel/run.py [--bytes 16384] [--reference-bytes 512]
+
+Writes docs/bytelevel.md, docs/bytelevel.json and docs/bytelevel.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tokeff.core.evaluation import bits_per_byte
+from tokeff.core.models import load_model
+from tokeff.core.reporting import Bars, Panel, plot_panels
+from tokeff.core.weights import AUTO
+from tokeff.decoding.bytelevel import byte_bits_per_byte
+from tokeff.decoding.bytelevel import scoring
+from tokeff.decoding.bytelevel.scoring import ensemble_nll
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data" / "wikitext2-valid.txt"
+MODELS = ("smollm2-135m", "gemma3-270m")
+BLOCK = 256
+
+
+def held_out(count: int) -> tuple[str, int]:
+    """The last `count` bytes of WikiText-2 validation, from a line start, and their byte offset in the file."""
+    data = DATA.read_bytes()
+    start = data.index(b"\n", max(0, len(data) - count)) + 1
+    return data[start:].decode("utf-8"), start
+
+
+def bootstrap(nll: torch.Tensor, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of bits per byte from per-byte nats (or paired differences), resampling 256-byte blocks."""
+    blocks = nll[: len(nll) // BLOCK * BLOCK].view(-1, BLOCK).sum(1)
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, len(blocks), (resamples, len(blocks)), generator=generator)
+    values = blocks[picks].sum(1) / (len(blocks) * BLOCK * math.log(2))
+    low, high = torch.quantile(values, torch.tensor([0.025, 0.975], dtype=values.dtype)).tolist()
+    return low, high
+
+
+def run(n_bytes: int, reference_bytes: int) -> dict:
+    text, offset = held_out(n_bytes)
+    data = text.encode()
+    lms = {spec: load_model(spec, device="cpu") for spec in MODELS}
+    rows, nll, logprobs = {}, {}, []
+    for spec, lm in lms.items():
+        started = time.perf_counter()
+        token = bits_per_byte(lm, text)
+        token_seconds = time.perf_counter() - started
+        byte = byte_bits_per_byte([lm], text, context_bytes=2048)
+        nll[spec] = byte.byte_nll[0]
+        logprobs.append(byte.member_logprobs[0])
+        rows[spec] = {
+            "token_bpb": token.bpb, "token_seconds": token_seconds, "byte_bpb": byte.bpb, "byte_seconds": byte.seconds,
+            "byte_vs_token_time": byte.seconds / token_seconds, "model_calls_per_byte": byte.model_calls[0] / byte.bytes,
+            "tree_tokens_per_byte": byte.tree_tokens[0] / byte.bytes, "tokens": token.tokens,
+            "byte_ci": bootstrap(byte.byte_nll[0]),
+        }
+        print(spec, rows[spec], file=sys.stderr)
+    # `-m A -m B` scores its members one after the other on the same windows, then combines their
+    # distributions: its time is the members' byte-level times (the combination takes milliseconds).
+    ensemble_seconds = sum(rows[spec]["byte_seconds"] for spec in MODELS)
+    windows = len(scoring.windows(data, 2048, 2048))
+    ensembles = {}
+    logprobs = torch.stack(logprobs)
+    best = min(MODELS, key=lambda spec: rows[spec]["byte_bpb"])
+    for name, weights, mode in (("mix", None, "mix"), ("product", None, "product"), ("auto", AUTO, "mix")):
+        values = ensemble_nll(logprobs, data, weights, mode)
+        ensembles[name] = {"bpb": float(values.sum()) / (math.log(2) * len(data)), "ci": bootstrap(values),
+                           f"minus_{best}_ci": bootstrap(values - nll[best])}
+    slowest_token = max(rows[spec]["token_seconds"] for spec in MODELS)
+    reference_text, _ = held_out(reference_bytes)
+    incremental = byte_bits_per_byte([lms[MODELS[0]]], reference_text, context_bytes=2048, batched=False)
+    batched = byte_bits_per_byte([lms[MODELS[0]]], reference_text, context_bytes=2048)
+    return {
+        "bytes": len(data), "file_offset": offset, "windows": windows, "segment_bytes": 2048, "context_bytes": 2048,
+        "models": rows, "ensembles": ensembles, "ensemble_seconds": ensemble_seconds,
+        "ensemble_vs_slowest_token_time": ensemble_seconds / slowest_token,
+        "reference": {
+            "model": MODELS[0], "bytes": incremental.bytes, "incremental_bpb": incremental.bpb, "batched_bpb": batched.bpb,
+            "incremental_seconds": incremental.seconds, "batched_seconds": batched.seconds,
+            "incremental_calls_per_byte": incremental.model_calls[0] / incremental.bytes,
+            "batched_calls_per_byte": batched.model_calls[0] / batched.bytes,
+        },
+    }
+
+
+def write_doc(report: dict, command: str, path: Path) -> None:
+    ci = lambda pair: f"[{pair[0]:.4f}, {pair[1]:.4f}]"  # noqa: E731
+    lines = [
+        "# Byte-level bits per byte, batched",
+        "",
+        f"Reproduce: `{command}` (CPU, shared 2-core machine).",
+        "",
+        f"Held-out text: the last {report['bytes']:,} bytes of `wikitext2-valid.txt` (from byte {report['file_offset']:,}, "
+        "a line start; nothing is fitted or tuned on it). Token level: `tokeff eval bpb` (1,024-token windows, stride 512). "
+        f"Byte level: `tokeff eval bpb --byte-level` / `-m A -m B` ({report['windows']} windows of up to 2,048 scored bytes, "
+        "each after 2,048 bytes of context), the covering trees of each window scored in batched tree-attention passes. "
+        "Intervals: 95%, block bootstrap over 256-byte blocks.",
+        "",
+        "| model | token-level bpb | byte-level bpb | byte-level 95% CI | token s | byte s | byte / token time | calls / byte | tree tokens / byte |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for spec, row in report["models"].items():
+        lines.append(f"| {spec} | {row['token_bpb']:.4f} | {row['byte_bpb']:.4f} | {ci(row['byte_ci'])} | {row['token_seconds']:.1f} "
+                     f"| {row['byte_seconds']:.1f} | {row['byte_vs_token_time']:.2f}x | {row['model_calls_per_byte']:.4f} "
+                     f"| {row['tree_tokens_per_byte']:.2f} |")
+    best_key = next(key for key in report["ensembles"]["mix"] if key.startswith("minus_"))
+    lines += [
+        "",
+        f"Ensembles of both, from the members' distributions on the same windows; the last column is the paired "
+        f"difference with the best member ({best_key[6:]}), bits per byte. Ensemble scoring (both members): "
+        f"{report['ensemble_seconds']:.1f} s, {report['ensemble_vs_slowest_token_time']:.2f}x the slower member's token-level time.",
+        "",
+        "| ensemble | byte-level bpb | 95% CI | minus best member, 95% CI |",
+        "| --- | ---: | --- | --- |",
+    ]
+    for name, row in report["ensembles"].items():
+        lines.append(f"| {name} | {row['bpb']:.4f} | {ci(row['ci'])} | {ci(row[best_key])} |")
+    ref = report["reference"]
+    lines += [
+        "",
+        f"Batched against the incremental reference (one model call per byte), {ref['model']}, the last {ref['bytes']:,} bytes: "
+        f"{ref['batched_bpb']:.5f} vs {ref['incremental_bpb']:.5f} bpb; {ref['batched_seconds']:.1f} s vs "
+        f"{ref['incremental_seconds']:.1f} s ({ref['incremental_seconds'] / ref['batched_seconds']:.0f}x); "
+        f"{ref['batched_calls_per_byte']:.4f} vs {ref['incremental_calls_per_byte']:.2f} model calls per byte.",
+        "",
+        "![results](bytelevel.png)",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def plot(report: dict, path: Path) -> None:
+    names = list(report["models"]) + [f"ensemble {name}" for name in report["ensembles"]]
+    values = [row["byte_bpb"] for row in report["models"].values()] + [row["bpb"] for row in report["ensembles"].values()]
+    ratios = [row["byte_vs_token_time"] for row in report["models"].values()] + [report["ensemble_vs_slowest_token_time"]]
+    plot_panels(path, [
+        Panel("", "bits per byte (byte level)", "held-out WikiText", bars=Bars(names, values)),
+        Panel("", "byte-level time / token-level time", "scoring time", bars=Bars(list(report["models"]) + ["ensemble"], ratios),
+              guides=(3.0, 6.0)),
+    ], size=(11, 4.5))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bytes", type=int, default=16384)
+    parser.add_argument("--reference-bytes", type=int, default=512)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    report = run(args.bytes, args.reference_bytes)
+    command = f"python benchmarks/bytelevel/run.py --bytes {args.bytes} --reference-bytes {args.reference_bytes}"
+    docs = ROOT / "docs"
+    (docs / "bytelevel.json").write_text(json.dumps({"command": command, **report}, indent=2))
+    write_doc(report, command, docs / "bytelevel.md")
+    plot(report, docs / "bytelevel.png")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

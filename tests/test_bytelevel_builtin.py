@@ -59,3 +59,25 @@ def test_byte_level_bits_per_byte_is_the_token_level_one_or_better(builtin_model
     model = ByteLevelModel(lm)
     model.append(text.encode())
     assert model.prefix_logprob() >= -token_level.token_nll.sum().item() - 1e-4
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_batched_byte_scoring_equals_the_incremental_model(builtin_model, name):
+    """Batched covering trees under tree attention give the incremental model's next-byte distributions, on a real model."""
+    import torch
+
+    from tokeff.decoding.bytelevel.batched import batched_byte_logprobs
+    from tokeff.decoding.bytelevel.scoring import incremental_byte_logprobs, windows
+    from tokeff.decoding.types import DecodeStats
+
+    lm = builtin_model(name)
+    data = ("The quick brown fox, caf\u00e9 na\u00efve,\n" + FUNCTION).encode()
+    plan = windows(data, 64, 32)
+    batched, _ = batched_byte_logprobs(lm, data, plan, DecodeStats())
+    reference = incremental_byte_logprobs(lm, data, plan, DecodeStats())
+    finite = torch.isfinite(reference)
+    assert torch.equal(torch.isfinite(batched), finite)
+    target = torch.tensor(list(data))
+    rows = torch.arange(len(data))
+    assert abs(float(batched[rows, target].sum() - reference[rows, target].sum())) / len(data) / 0.6931 < 1e-4
+    torch.testing.assert_close(batched[finite], reference[finite], atol=1e-3, rtol=0)

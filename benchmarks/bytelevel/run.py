@@ -113,7 +113,7 @@ def write_doc(report: dict, command: str, path: Path) -> None:
         "",
         f"Held-out text: the last {report['bytes']:,} bytes of `wikitext2-valid.txt` (from byte {report['file_offset']:,}, "
         "a line start; nothing is fitted or tuned on it). Token level: `tokeff eval bpb` (1,024-token windows, stride 512). "
-        f"Byte level: `tokeff eval bpb --byte-level` / `-m A -m B` ({report['windows']} windows of up to 2,048 scored bytes, "
+        f"Byte level: `tokeff eval bpb --byte-level` / `-m A -m B` ({report['windows']} window(s) of up to 2,048 scored bytes, "
         "each after 2,048 bytes of context), the covering trees of each window scored in batched tree-attention passes. "
         "Intervals: 95%, block bootstrap over 256-byte blocks.",
         "",
@@ -128,7 +128,7 @@ def write_doc(report: dict, command: str, path: Path) -> None:
     lines += [
         "",
         f"Ensembles of both, from the members' distributions on the same windows; the last column is the paired "
-        f"difference with the best member ({best_key[6:]}), bits per byte. Ensemble scoring (both members): "
+        f"difference with the best member ({best_key[6:-3]}), bits per byte. Ensemble scoring (both members): "
         f"{report['ensemble_seconds']:.1f} s, {report['ensemble_vs_slowest_token_time']:.2f}x the slower member's token-level time.",
         "",
         "| ensemble | byte-level bpb | 95% CI | minus best member, 95% CI |",
@@ -143,6 +143,8 @@ def write_doc(report: dict, command: str, path: Path) -> None:
         f"{ref['batched_bpb']:.5f} vs {ref['incremental_bpb']:.5f} bpb; {ref['batched_seconds']:.1f} s vs "
         f"{ref['incremental_seconds']:.1f} s ({ref['incremental_seconds'] / ref['batched_seconds']:.0f}x); "
         f"{ref['batched_calls_per_byte']:.4f} vs {ref['incremental_calls_per_byte']:.2f} model calls per byte.",
+        "",
+        "Times are single runs on a machine shared with other jobs, so they are noisy.",
         "",
         "![results](bytelevel.png)",
         "",

@@ -195,3 +195,12 @@ def test_eval_trains_the_bayesian_detector_when_asked(lm, tmp_path):
     assert load_detector(tmp_path / "det").metrics["unwatermarked_texts"] == 8
     result = run_cli(*args, "--key", tmp_path / "exp", "--force", check=1)  # refused before generating
     assert "a synthid key, not exp" in result.stderr
+
+
+def test_tournament_never_returns_negative_probabilities():
+    """Mass on g=1 tokens rounding above 1 made g=0 tokens negative (smollm2 generation then failed)."""
+    probs = torch.tensor([[0.7, 0.3000001, 1e-9]], dtype=torch.float64)
+    g = torch.tensor([[[1.0], [1.0], [0.0]]], dtype=torch.float64)
+    assert (probs * (1 + g[..., 0] - (g[..., 0] * probs).sum())).min() < 0  # what the layer alone gives
+    out = synthid.tournament(probs, g)
+    assert (out >= 0).all() and out[0, 2] == 0 and torch.allclose(out[0, :2], torch.tensor([0.7, 0.3], dtype=out.dtype))

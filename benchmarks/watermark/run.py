@@ -169,9 +169,9 @@ def rerender(docs: Path) -> None:
 
 def generate_all(args, lm, keys, prompt_half):
     """Watermarked texts per scheme and plain samples, each from its own prompts; cached if asked."""
-    if args.generations and args.generations.exists():
+    cached = {"generations": {}, "seconds": {}}
+    if args.generations and args.generations.exists():  # a run that stopped part-way keeps what it generated
         cached = json.loads(args.generations.read_text())
-        return cached["generations"], cached["seconds"]
     from tokeff.decoding.types import DecodeConfig
     from tokeff.decoding.watermark import evaluation
     from tokeff.decoding.watermark.generation import generate_texts
@@ -182,14 +182,16 @@ def generate_all(args, lm, keys, prompt_half):
     plan = {scheme: (key, prompts[index * args.texts : (index + 1) * args.texts])
             for index, (scheme, key) in enumerate(keys.items())}
     plan["plain"] = (None, prompts[len(keys) * args.texts :])
-    generations, seconds = {}, {}
+    generations, seconds = cached["generations"], cached["seconds"]
     for name, (key, chunk) in plan.items():
+        if name in generations:
+            continue
         log(f"generating {len(chunk)} {name} texts of {args.max_new_tokens} tokens")
         items, seconds[name] = timed(lambda: generate_texts(lm, chunk, key, config, batch_size=args.batch_size))
         generations[name] = [item.to_json() for item in items]
         log(f"  {seconds[name]:.0f} s ({len(chunk) * args.max_new_tokens / seconds[name]:.1f} tokens/s)")
-    if args.generations:
-        args.generations.write_text(json.dumps({"generations": generations, "seconds": seconds}))
+        if args.generations:
+            args.generations.write_text(json.dumps({"generations": generations, "seconds": seconds}))
     return generations, seconds
 
 

@@ -71,7 +71,9 @@ def tournament(probs: torch.Tensor, g_values: torch.Tensor) -> torch.Tensor:
     for depth in range(g_values.shape[-1]):
         g = g_values[:, :, depth]
         probs = probs * (1 + g - (g * probs).sum(dim=1, keepdim=True))
-    return probs
+    # a layer whose g=1 tokens hold all the mass rounds 1 - mass below 0: those tokens have probability 0
+    # (transformers maps their non-finite logs to the dtype's minimum)
+    return probs.clamp_min(0)
 
 
 class SynthIdRule:

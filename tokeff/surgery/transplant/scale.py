@@ -83,7 +83,9 @@ def choose_scale(base: LoadedModel, rows: dict[str, torch.Tensor], embed: str, o
     embedding = model.get_input_embeddings()  # keep the module: Gemma scales its output by sqrt(hidden)
     embedding.weight = torch.nn.Parameter(rows[embed].to(device, dtype), requires_grad=False)
     embedding.num_embeddings = rows[embed].shape[0]
-    head = rows[output].to(device, torch.float32)
+    # The head stays in the model's dtype (a float32 copy of a bf16 128k x 4096 head is 2 GiB more):
+    # logits come out as the model computes them, and only each block of them is upcast (`_losses`).
+    head = rows[output].to(device, dtype)
     is_new = torch.zeros(head.shape[0], dtype=torch.bool, device=device)
     is_new[estimated_ids.to(device)] = True
     scales = torch.tensor(SCALES, device=device)
@@ -93,7 +95,7 @@ def choose_scale(base: LoadedModel, rows: dict[str, torch.Tensor], embed: str, o
         ids = torch.tensor([tokenizer(document, add_special_tokens=True)["input_ids"]], device=device)
         if ids.shape[1] < 2:
             continue
-        hidden = model.get_decoder()(input_ids=ids).last_hidden_state[0, :-1].float()
+        hidden = model.get_decoder()(input_ids=ids).last_hidden_state[0, :-1]
         targets = ids[0, 1:]
         for start in range(0, len(targets), _CHUNK):
             losses += _losses(hidden[start : start + _CHUNK] @ head.T, targets[start : start + _CHUNK], is_new, scales)
@@ -111,7 +113,9 @@ def choose_scale(base: LoadedModel, rows: dict[str, torch.Tensor], embed: str, o
 
 
 def _losses(logits: torch.Tensor, targets: torch.Tensor, is_new: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of `targets` (nats) at every scale of the new logits: (len(scales),)."""
+    """Summed cross-entropy of `targets` (nats) at every scale of the new logits: (len(scales),);
+    the block of logits is upcast to float32 for the log-sum-exps."""
+    logits = logits.float()
     shared = logits.masked_fill(is_new, float("-inf")).logsumexp(dim=1)
     new_logits = logits[:, is_new]
     target = logits.gather(1, targets[:, None])[:, 0]

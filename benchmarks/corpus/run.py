@@ -6,7 +6,8 @@ In one run, on one corpus built here (nothing downloaded):
   human WikiText-2 paragraphs from ../shared/data (cycled); `tokeff watermark detect -o` with
   `--engine local`, then `--engine ray --workers 1` and `--workers 2`;
 - bits per byte: the first `--bpb-docs` human paragraphs under smollm2-135m, local and ray (1 worker).
-Each job runs as a subprocess of its own: wall time (Ray's start included), the job's own seconds
+Each job runs as a subprocess of its own, on one torch thread per process (`OMP_NUM_THREADS=1`, what
+Ray gives an actor of one CPU, so local and one Ray worker compute alike): wall time (Ray's start included), the job's own seconds
 (the summary's), documents/s and bytes/s, and the peak RSS summed over the process tree (the
 driver and, for ray, its Ray processes and actors; sampled every 0.1 s). Rows of every ray run are
 checked equal to local's. Writes docs/corpus.md, docs/corpus.json and docs/corpus.png.
@@ -41,7 +42,7 @@ def measured(command: list[str], timeout: float) -> dict:
     """Run `command`: wall seconds, peak RSS of its whole process tree, its JSON stdout."""
     started = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"})
     root, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None and time.perf_counter() - started < timeout:
         try:
@@ -139,7 +140,7 @@ def write_doc(results: dict, command: str, docs: Path) -> None:
              f"Reproduce: `{command}` (under `flock /tmp/tokeff-bench.lock`).", "",
              f"Machine: {os.cpu_count()} CPU cores shared with other engineers' jobs while this ran (the load average at the "
              f"start was {results['load_average']:.1f}), so every figure here is under contention; rerun on an idle machine for "
-             "clean ratios.", "",
+             "clean ratios. Every process computes on one thread (`OMP_NUM_THREADS=1`, as Ray sets for a one-CPU actor).", "",
              f"## Watermark detection ({results['docs']:,} documents, kgw key on {MODEL})", "",
              f"Half the documents are {results['generated']} texts watermarked by `tokeff watermark generate` (120 tokens each), "
              f"half WikiText-2 paragraphs ({results['human']:,} distinct), each cycled to fill the corpus; "

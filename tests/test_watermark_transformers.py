@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from transformers import GenerationConfig, SynthIDTextWatermarkingConfig, WatermarkDetector, WatermarkingConfig
-from transformers.generation.logits_process import SynthIDTextWatermarkLogitsProcessor, WatermarkLogitsProcessor
+from transformers.generation.logits_process import SynthIDTextWatermarkLogitsProcessor
 
 from tokeff.core.models import load_model
 from tokeff.decoding.types import DecodeConfig

@@ -206,7 +206,6 @@ def run_model(name: str, args, workdir: Path):
             else:
                 notes[f"quanto-{bits}"] = reason
 
-    eval_ids = lm.encode_plain(eval_text)
     rows = []
     for label, factory in configs.items():
         made = []

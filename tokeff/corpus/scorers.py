@@ -13,7 +13,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from tokeff.core.errors import TokeffError
 
 _COMMON = [("id", pa.string()), ("source", pa.string()), ("bytes", pa.int64()), ("tokens", pa.int64())]
 SCHEMAS = {

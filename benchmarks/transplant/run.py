@@ -11,7 +11,7 @@ samples, and the methods were developed on the file's first half). Two scores pe
 - like for like: every window starts with the same row, the base model's boundary row (found in each
   output as the token whose input row equals it), so only the estimated rows differ.
 
-    PYTHONPATH=. python benchmarks/transplant/run.py [--pairs gemma3-270m:smollm2-135m] [--methods zero,omp] [--max-bytes N]
+    PYTHONPATH=. python benchmarks/transplant/run.py [--pairs gemma3-270m:smollm2-135m] [--methods zero,omp,omp:prior=subword] [--max-bytes N]
         [--mergekit PATH/TO/mergekit-tokensurgeon] [--mergekit-timeout S[,S]]
 
 mergekit runs only when --mergekit or the TOKEFF_MERGEKIT environment variable names its
@@ -103,10 +103,12 @@ def run_pair(base: str, donor: str, text: str, work: Path, methods: list[str], m
     prefix_row = boundary_row(base)
     rows = {"original": {"method": "original", **score(base, text, prefix_row)}}
     print(f"{base}: original {rows['original']}", file=sys.stderr)
-    for method in methods:
-        out = work / f"{base}-{donor}-{method}"
-        run = timed([sys.executable, "-m", "tokeff", "transplant", base, "--donor", donor, "-o", str(out), "--method", method, "--force"], 1800)
-        row = {"method": f"tokeff {method}", **run}
+    for method in methods:  # NAME or NAME:KEY=VALUE[:KEY=VALUE...] (the method's options)
+        name, *params = method.split(":")
+        out = work / f"{base}-{donor}-{method.replace(':', '-').replace('=', '')}"
+        command = [sys.executable, "-m", "tokeff", "transplant", base, "--donor", donor, "-o", str(out), "--method", name, "--force"]
+        run = timed(command + [arg for param in params for arg in ("--param", param)], 1800)
+        row = {"method": f"tokeff {' '.join([name, *params])}", **run}
         if run["rc"] == 0:
             row.update(score(str(out), text, prefix_row))
             metrics = json.loads((out / "tokeff.json").read_text())["metrics"]
@@ -172,12 +174,13 @@ def _cell(row: dict, key: str, digits: int = 4) -> str:
     return f"{row[key]:.{digits}f}" if row.get(key) is not None else "-"
 
 
-def _note(row: dict) -> str:
+def _note(row: dict, command: str) -> str:
+    earlier = "; measured by the earlier command below" if row.get("command") not in (None, command) else ""
     if row.get("rc", 0) == 0:
-        return row.get("note", "")
+        return row.get("note", "") + earlier
     if row["rc"] is None:
-        return f"timed out at {row['timeout_s']:.0f} s" + (f" after {row['progress']}" if row.get("progress") else "")
-    return f"failed (exit {row['rc']})"
+        return f"timed out at {row['timeout_s']:.0f} s" + (f" after {row['progress']}" if row.get("progress") else "") + earlier
+    return f"failed (exit {row['rc']})" + earlier
 
 
 def write_doc(results: dict, command: str) -> None:
@@ -216,8 +219,9 @@ def write_doc(results: dict, command: str) -> None:
             scale = f"{row['new_scale']:g}" if row.get("new_scale") is not None else "-"
             rss = f"{row['peak_rss_mib']:.0f}" if row.get("peak_rss_mib") else "-"
             lines.append(f"| {row['method']} | {_cell(row, 'bpb_like_for_like')} | {ratio} | {_cell(row, 'bpb_out_of_the_box')} | "
-                         f"{_cell(row, 'tokens_per_byte', 3)} | {scale} | {_cell(row, 'seconds', 1)} | {time_ratio} | {rss} | {_note(row)} |")
-        lines.append("")
+                         f"{_cell(row, 'tokens_per_byte', 3)} | {scale} | {_cell(row, 'seconds', 1)} | {time_ratio} | {rss} | {_note(row, pair.get('command', command))} |")
+        earlier = sorted({row["command"] for row in pair["rows"] if row.get("command") not in (None, pair.get("command", command))})
+        lines += [""] + [f"Earlier command: `{c}`" for c in earlier] + ([""] if earlier else [])
     plot(results, docs / "transplant.png")
     lines += ["![bits per byte by method](transplant.png)", ""]
     (docs / "transplant.md").write_text("\n".join(lines) + NOTES)
@@ -232,7 +236,7 @@ def main() -> None:
         "--mergekit", default=os.environ.get("TOKEFF_MERGEKIT"), help="mergekit-tokensurgeon executable (default: $TOKEFF_MERGEKIT)"
     )
     parser.add_argument("--mergekit-timeout", default="1800,300", help="seconds: one value, or one per pair")
-    parser.add_argument("--update", action="store_true", help="keep the other pairs of docs/transplant.json (same --max-bytes)")
+    parser.add_argument("--update", action="store_true", help="keep the other pairs and rows of docs/transplant.json (same --max-bytes)")
     args = parser.parse_args()
     text = held_out_text(args.max_bytes)
     mergekit = args.mergekit or None
@@ -259,9 +263,14 @@ def main() -> None:
         old = json.loads(previous.read_text())
         if old["eval_bytes"] != results["eval_bytes"]:
             raise SystemExit(f"--update: docs/transplant.json was measured on {old['eval_bytes']} bytes, not {results['eval_bytes']}")
-        ran = {(pair["base"], pair["donor"]) for pair in pairs}
-        kept = [pair for pair in old["pairs"] if (pair["base"], pair["donor"]) not in ran]
-        results["pairs"] = pairs + kept
+        # rows of a pair this run did not measure are kept (the original is always rescored)
+        for pair in pairs:
+            previous_pair = next((p for p in old["pairs"] if (p["base"], p["donor"]) == (pair["base"], pair["donor"])), None)
+            if previous_pair is not None:
+                ran = {row["method"] for row in pair["rows"]}
+                pair["rows"] += [{**row, "command": previous_pair.get("command")} for row in previous_pair["rows"] if row["method"] not in ran]
+        ran_pairs = {(pair["base"], pair["donor"]) for pair in pairs}
+        results["pairs"] = pairs + [pair for pair in old["pairs"] if (pair["base"], pair["donor"]) not in ran_pairs]
     write_doc(results, command)
     print(json.dumps(results, indent=2))
 

@@ -155,10 +155,14 @@ NOTES = """
 
 - Shared tokens are matched by canonical bytes (`Ġthe` = `▁the`, `<0x0A>` = `Ċ`), special tokens by
   role (bos, eos, pad, unk, chat turn start/end) or `--map DONOR=BASE`; shared rows are copied exactly.
-- `omp` (default, k=64): each new token's donor embedding is coded over shared anchors. One similarity
-  matmul first picks each token's 256 (at least 4k) best-correlated anchors; OMP then searches only
+- `omp` (default, `--k 64`): each new token's donor embedding is coded over shared anchors. One similarity
+  matmul first picks each token's `--candidates 256` (at least 4k) best-correlated anchors; OMP then searches only
   those: Batch-OMP per token in Numba on the CPU, batched torch on a GPU. `benchmarks/transplant/holdout.py`
-  measures what that narrowing does to the codes (docs/transplant-holdout.md).
+  measures what that narrowing does to the codes (docs/transplant-holdout.md). `--prior subword`
+  (`tokeff omp prior=subword` above) makes the token's spelling a first atom: the mean of its base pieces'
+  rows, with the least-squares weight that the same pieces' donor rows explain of its donor embedding; OMP
+  codes the rest. Every method's options are flags (`--k`, `--candidates`, `--prior`, `--local-weight`,
+  `--temperature`) or `--param KEY=VALUE`, declared once in `tokeff/surgery/transplant/estimators/`.
 - Estimated rows are output rows too (tied embeddings, or the rebuilt lm_head), and at full size they
   take probability from the shared tokens that spell the same text. `--new-scale auto` (default)
   multiplies them by the factor in 0.05..1 that gives the lowest bits per byte on text sampled from

@@ -133,6 +133,22 @@ def test_omp_rows_apply_donor_codes_to_base_rows(tmp_path, tiny_llama_dir, tiny_
     torch.testing.assert_close(new[token], expected, atol=1e-4, rtol=1e-3)
 
 
+def test_omp_widen_recodes_poor_fits_over_all_anchors():
+    """widen_below=1 recodes every target over all anchors: the brute-force OMP codes; without it,
+    4k candidates give other codes for some targets."""
+    from tokeff.surgery.transplant.estimators.omp import omp_codes
+
+    torch.manual_seed(0)
+    vectors, targets = torch.randn(300, 16), torch.randn(6, 16)
+    narrow = omp_codes(targets, vectors, 3, 12, torch.device("cpu"))
+    wide = omp_codes(targets, vectors, 3, 12, torch.device("cpu"), widen_below=1.0)
+    for row in range(len(targets)):
+        picked, coefficients = _brute_force_omp(targets[row], vectors, 3)
+        assert wide[0][row].tolist() == picked
+        torch.testing.assert_close(wide[1][row], coefficients.float(), atol=1e-4, rtol=1e-4)
+    assert not torch.equal(narrow[0], wide[0])
+
+
 def test_omp_subword_prior_is_spelling_plus_code_of_the_rest(tmp_path, tiny_llama_dir, tiny_gemma_dir):
     """prior=subword: a new token's row is w * (mean base row of its pieces) + OMP code of what that
     spelling leaves of its donor embedding, w the least-squares weight of the pieces' donor mean."""

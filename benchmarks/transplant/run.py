@@ -161,8 +161,9 @@ NOTES = """
   measures what that narrowing does to the codes (docs/transplant-holdout.md). `--prior subword`
   (`tokeff omp prior=subword` above) makes the token's spelling a first atom: the mean of its base pieces'
   rows, with the least-squares weight that the same pieces' donor rows explain of its donor embedding; OMP
-  codes the rest. Every method's options are flags (`--k`, `--candidates`, `--prior`, `--local-weight`,
-  `--temperature`) or `--param KEY=VALUE`, declared once in `tokeff/surgery/transplant/estimators/`.
+  codes the rest. `--widen-below C` recodes over all anchors (mergekit's search) the tokens whose code
+  over their candidates fits their donor embedding below cosine C. Every method's options are flags (`--k`, `--candidates`, `--widen-below`, `--prior`,
+  `--local-weight`, `--temperature`) or `--param KEY=VALUE`, declared once in `tokeff/surgery/transplant/estimators/`.
 - Estimated rows are output rows too (tied embeddings, or the rebuilt lm_head), and at full size they
   take probability from the shared tokens that spell the same text. `--new-scale auto` (default)
   multiplies them by the factor in 0.05..1 that gives the lowest bits per byte on text sampled from

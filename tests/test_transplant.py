@@ -17,6 +17,7 @@ from tokeff.kernels.anchors import nearest_anchors
 from tokeff.kernels.omp import omp, omp_candidates
 from tokeff.surgery.transplant.pipeline import TransplantOptions, transplant
 from tokeff.surgery.transplant.scale import MIN_GAIN
+from tokeff.surgery.transplant.subword import decompose
 from tokeff.surgery.transplant.vocab import match_vocabularies
 from tokeff.tokenizers_tools.canonical import vocab_bytes
 
@@ -129,6 +130,54 @@ def test_omp_rows_apply_donor_codes_to_base_rows(tmp_path, tiny_llama_dir, tiny_
     picked, coefficients = _brute_force_omp(donor[token], donor[torch.from_numpy(shared)], 4)
     expected = (coefficients.float().unsqueeze(1) * base[torch.from_numpy(match.base_row[shared[picked]])]).sum(0)
     torch.testing.assert_close(new[token], expected, atol=1e-4, rtol=1e-3)
+
+
+def test_omp_widen_recodes_poor_fits_over_all_anchors():
+    """widen_below=1 recodes every target over all anchors: the brute-force OMP codes; without it,
+    4k candidates give other codes for some targets."""
+    from tokeff.surgery.transplant.estimators.omp import omp_codes
+
+    torch.manual_seed(0)
+    vectors, targets = torch.randn(300, 16), torch.randn(6, 16)
+    narrow = omp_codes(targets, vectors, 3, 12, torch.device("cpu"))
+    wide = omp_codes(targets, vectors, 3, 12, torch.device("cpu"), widen_below=1.0)
+    for row in range(len(targets)):
+        picked, coefficients = _brute_force_omp(targets[row], vectors, 3)
+        assert wide[0][row].tolist() == picked
+        torch.testing.assert_close(wide[1][row], coefficients.float(), atol=1e-4, rtol=1e-4)
+    assert not torch.equal(narrow[0], wide[0])
+
+
+def test_omp_subword_prior_is_spelling_plus_code_of_the_rest(tmp_path, tiny_llama_dir, tiny_gemma_dir):
+    """prior=subword: a new token's row is w * (mean base row of its pieces) + OMP code of what that
+    spelling leaves of its donor embedding, w the least-squares weight of the pieces' donor mean."""
+    out = tmp_path / "out"
+    options = TransplantOptions(method="omp", method_options={"k": 4, "prior": "subword"}, new_scale=1.0)
+    transplant(str(tiny_llama_dir), str(tiny_gemma_dir), out, options)
+    base_tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    match = match_vocabularies(base_tokenizer, AutoTokenizer.from_pretrained(tiny_gemma_dir))
+    donor = load_file(str(tiny_gemma_dir / "model.safetensors"))["model.embed_tokens.weight"].double()
+    base = load_file(str(tiny_llama_dir / "model.safetensors"))["model.embed_tokens.weight"].double()
+    new = load_file(str(out / "model.safetensors"))["model.embed_tokens.weight"].double()
+    shared = match.shared_ids
+    donor_of_base = {int(match.base_row[d]): int(d) for d in shared}
+    checked = 0
+    for token in match.new_ids:
+        data = match.donor_vocab.token_bytes[int(token)]
+        pieces = decompose([data], base_tokenizer, match.base_vocab)[0]
+        known = [donor_of_base[p] for p in pieces if p in donor_of_base]
+        if not known or len(shared) < 16:
+            continue
+        prior = donor[known].mean(0)
+        weight = float(donor[token] @ prior / (prior @ prior))
+        residual = donor[token] - weight * prior
+        picked, coefficients = _brute_force_omp(residual.float(), donor[torch.from_numpy(shared)].float(), 4)
+        expected = weight * base[pieces].mean(0) + (coefficients.unsqueeze(1) * base[torch.from_numpy(match.base_row[shared[picked]])]).sum(0)
+        torch.testing.assert_close(new[token], expected, atol=1e-6, rtol=1e-3)
+        checked += 1
+        if checked == 3:
+            break
+    assert checked == 3
 
 
 def test_untied_head_rebuilt_separately(tmp_path, tiny_llama_dir, tiny_gemma_dir):

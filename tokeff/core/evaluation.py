@@ -25,11 +25,13 @@ class BpbResult(TokenScores):
 
 
 def bits_per_byte(
-    lm: LoadedModel, text: str, context: int = 1024, stride: int | None = None, decode_order: DecodeOrder | None = None
+    lm: LoadedModel, text: str, context: int = 1024, stride: int | None = None, decode_order: DecodeOrder | None = None,
+    prefix: int | None = None,
 ) -> BpbResult:
     """Bits per byte of `text` with sliding windows of `context` tokens, `stride` apart (default: half
-    the context), each scored in one pass or, given `decode_order`, through its cache."""
-    return _result(score_tokens(lm, lm.encode_plain(text), context, stride, decode_order=decode_order), text)
+    the context), each scored in one pass or, given `decode_order`, through its cache; each window
+    starts with `prefix` (default: the tokenizer's boundary token, `prefix_token_id`)."""
+    return _result(score_tokens(lm, lm.encode_plain(text), context, stride, decode_order=decode_order, prefix=prefix), text)
 
 
 def bits_per_byte_many(lm: LoadedModel, texts: list[str], context: int = 1024, stride: int | None = None,

@@ -116,10 +116,13 @@ def score_tokens(
     log_probs: LogProbs | None = None,
     first_scored: int = 0,
     label: str | None = "scoring",
+    prefix: int | None = None,
 ) -> TokenScores:
     """Negative log-likelihood of token_ids[first_scored:] (earlier tokens are context only), each
     window prefixed by the boundary token. `stride` defaults to half the context; `label` names the
     progress bar (None: none, for callers that score many short sequences under their own).
+    `prefix` overrides the boundary token (`prefix_token_id`): comparing models whose tokenizers
+    disagree on it needs the same prefix row for all of them.
 
     Windows must fit the model's positions, unless the cache bounds the positions it hands the model
     (attention sinks), whose method checks its own bound."""
@@ -129,7 +132,7 @@ def score_tokens(
     plan = _windows(token_ids, context, stride, first_scored)
     nll = torch.zeros(len(token_ids), dtype=torch.float64)
     feed_window = _through_cache if decode_order is not None else _one_pass
-    prefix = prefix_token_id(lm)
+    prefix = prefix_token_id(lm) if prefix is None else prefix
     for start, end, first in plan if label is None else console.track(plan, label):
         window = [prefix] + token_ids[start:end]
         nll[first:end] = feed_window(lm, window, first - start, embed, log_probs or _target_log_probs, decode_order)

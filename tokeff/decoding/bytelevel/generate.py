@@ -26,7 +26,8 @@ from typing import Protocol
 import torch
 
 from tokeff.decoding.bytelevel.model import ByteLevelModel
-from tokeff.decoding.bytelevel.vocab import END, TRASH
+from tokeff.decoding.bytelevel.utf8 import partial_start
+from tokeff.decoding.bytelevel.vocab import END
 from tokeff.decoding.sampling import TokenChooser
 from tokeff.decoding.types import TextCallback
 
@@ -84,18 +85,15 @@ def generate_by_tokens(
     whole tokens after it (`chooser` over next-token logits) until an end-of-sequence token, a stop string
     or `max_bytes`; the last token's bytes are cut there. One model call per token after the covers'.
 
-    The model is spent: its text is not extended. Tokens without bytes (special tokens) other than the
-    end are never chosen, as the byte level never chooses them; with `stop_at_end` False neither is the end.
+    The model is spent: its text is not extended. As at the byte level, no token is chosen that has no
+    bytes (a special token) or breaks UTF-8, and the end only between characters (never with `stop_at_end` False).
     """
     if max_bytes < 1:
         return b""
     vocab = model.vocab
     covers = model.next_covers(allow_end=stop_at_end)
     path, token, inside = covers.entry((cover_chooser or chooser).choose(covers.logprobs.float(), []))
-    banned = vocab.first_bin == TRASH
-    if not stop_at_end:
-        banned[vocab.eos_ids] = True
-    banned = banned.to(model.lm.device)
+    allowed: dict[bytes, torch.Tensor] = {}  # per trailing partial character: the tokens that may follow
     generated = bytearray()
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     tokens = list(path)
@@ -111,8 +109,12 @@ def generate_by_tokens(
             on_text(text)
         if end is not None:
             break
-        logits = model.token_logits(tokens)
-        logits[banned] = -math.inf
+        partial = bytes(generated[partial_start(generated) :])
+        if partial not in allowed:
+            keep = vocab.keeps_utf8(partial).clone()
+            keep[vocab.eos_ids] = stop_at_end and not partial
+            allowed[partial] = keep.to(model.lm.device)
+        logits = model.token_logits(tokens).masked_fill(~allowed[partial], -math.inf)
         token = chooser.choose(logits, model.trunk + tokens)
     if on_text is not None and (text := decoder.decode(b"", final=True)):
         on_text(text)

@@ -112,13 +112,20 @@ class ByteVocab:
         or nothing), leave valid UTF-8 (possibly ending inside a character). Tokens without bytes are False."""
         mask = self._utf8.get(partial)
         if mask is None:
-            mask = torch.zeros(len(self.token_bytes), dtype=torch.bool)
-            for token_id, data in enumerate(self.token_bytes):
-                if data:
-                    try:
-                        codecs.getincrementaldecoder("utf-8")().decode(partial + data)
-                        mask[token_id] = True
-                    except UnicodeDecodeError:
-                        pass
-            self._utf8[partial] = mask
+            valid = [bool(data) and _utf8_prefix(partial + data) for data in self.token_bytes]
+            mask = self._utf8[partial] = torch.tensor(valid, dtype=torch.bool)
         return mask
+
+
+def _utf8_prefix(data: bytes) -> bool:
+    """Valid UTF-8, possibly ending inside a character."""
+    try:
+        data.decode("utf-8")  # the common case, fast
+        return True
+    except UnicodeDecodeError:
+        pass
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(data)  # strict about all but an unfinished last character
+        return True
+    except UnicodeDecodeError:
+        return False

@@ -295,7 +295,7 @@ def plot(fim: dict, bpb: dict | None, path: Path) -> None:
     from tokeff.core.reporting import Bars, Panel, plot_panels
 
     rows = fim["rows"]
-    colors = {spec: f"C{index}" for index, spec in enumerate([*MODELS, "both"])}
+    colors = {spec: f"C{index}" for index, spec in enumerate([*fim["inside_token"], "both"])}
     short = {name: f"{row['model'].split('-')[0]} {row['method'].split(',')[0]}" for name, row in rows.items()}
     panels = [
         Panel("", "exact match", f"HumanEval line completion, {fim['cuts']} mid-line cuts per model", bars=Bars(
@@ -330,6 +330,7 @@ def main() -> None:
                         help="comma-separated: greedy, heal, byte, byte-greedy, ensemble")
     parser.add_argument("--bpb-bytes", type=int, default=1500, help="0 keeps the previous run's bits per byte")
     parser.add_argument("--segment-bytes", type=int, default=512)
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model specs")
     args = parser.parse_args()
     names = {"byte-greedy": "byte --byte-greedy"}
     methods = [names.get(name.strip(), name.strip()) for name in args.methods.split(",") if name.strip()]
@@ -347,7 +348,7 @@ def main() -> None:
 
     from tokeff.core.models import load_model
 
-    lms = {spec: load_model(spec, device="cpu") for spec in MODELS}
+    lms = {spec: load_model(spec, device="cpu") for spec in args.models.split(",")}
     started = time.perf_counter()
     cuts = make_cuts(read_problems(), args.cuts, args.seed)
     fim = run_fim(lms, cuts, args.max_bytes, args.max_tokens, methods)
@@ -428,7 +429,7 @@ def write_doc(payload: dict) -> None:
             lines.append(f"| {c['model']} | {c['cut']} | {c['cuts']} | {c['both']} | {c['byte_only']} | {c['heal_only']} "
                          f"| {c['neither']} | {c['sign_test_p']:.2f} |")
         lines += ["", "Cuts where exactly one is right:", ""]
-        for spec in MODELS:
+        for spec in fim["inside_token"]:
             byte, heal = rows.get(f"{spec} byte"), rows.get(f"{spec} heal")
             if byte is None or heal is None:
                 continue

@@ -155,7 +155,8 @@ def cut_inside_token(lm, cut: Cut) -> bool:
     return False
 
 
-def run_fim(lms: dict, cuts: list[Cut], max_bytes: int, max_tokens: int, methods: list[str]) -> dict:
+def run_fim(lms: dict, cuts: list[Cut], max_bytes: int, max_tokens: int, methods: list[str], minutes: float | None) -> dict:
+    """Every method on every cut, interleaved; past `minutes` no new cut is started (`done` says how many ran)."""
     from tokeff.core import console
     from tokeff.decoding.bytelevel import ByteEnsemble, ByteLevelModel
 
@@ -181,7 +182,11 @@ def run_fim(lms: dict, cuts: list[Cut], max_bytes: int, max_tokens: int, methods
             row["examples"].append({"task": cut.task_id, "prompt_end": cut.prompt[-30:], "target": cut.target, "output": line})
 
     inside = {spec: [] for spec in lms}
+    started, done = time.perf_counter(), 0
     for cut in console.track(cuts, "completing"):
+        if minutes is not None and time.perf_counter() - started > 60 * minutes:
+            break
+        done += 1
         for spec, lm in lms.items():
             inside[spec].append(cut_inside_token(lm, cut))
             for method in ("greedy", "heal"):
@@ -200,7 +205,7 @@ def run_fim(lms: dict, cuts: list[Cut], max_bytes: int, max_tokens: int, methods
             output = byte_completion(ensemble, max_bytes, by_tokens=False)
             record(ENSEMBLE, "both", "byte ensemble (mix), byte steps", cut, output, time.perf_counter() - started,
                    sum(ensemble.model_calls))
-    return {"rows": rows, "inside_token": inside}
+    return {"rows": rows, "inside_token": inside, "cuts": done}
 
 
 def byte_vs_heal(fim: dict) -> list[dict]:
@@ -331,6 +336,7 @@ def main() -> None:
     parser.add_argument("--bpb-bytes", type=int, default=1500, help="0 keeps the previous run's bits per byte")
     parser.add_argument("--segment-bytes", type=int, default=512)
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model specs")
+    parser.add_argument("--max-minutes", type=float, default=None, help="start no new cut after this long")
     args = parser.parse_args()
     names = {"byte-greedy": "byte --byte-greedy"}
     methods = [names.get(name.strip(), name.strip()) for name in args.methods.split(",") if name.strip()]
@@ -351,11 +357,11 @@ def main() -> None:
     lms = {spec: load_model(spec, device="cpu") for spec in args.models.split(",")}
     started = time.perf_counter()
     cuts = make_cuts(read_problems(), args.cuts, args.seed)
-    fim = run_fim(lms, cuts, args.max_bytes, args.max_tokens, methods)
-    fim["cuts"] = len(cuts)
+    fim = run_fim(lms, cuts, args.max_bytes, args.max_tokens, methods, args.max_minutes)
     fim["seconds"] = time.perf_counter() - started
+    fim["cuts_requested"] = len(cuts)
     fim["byte_vs_heal"] = byte_vs_heal(fim)
-    fim["cut_text"] = [{"task": cut.task_id, "prompt_end": cut.prompt[-30:], "target": cut.target} for cut in cuts]
+    fim["cut_text"] = [{"task": c.task_id, "prompt_end": c.prompt[-30:], "target": c.target} for c in cuts[: fim["cuts"]]]
     command = ("python benchmarks/fim/run.py " + " ".join(sys.argv[1:])).strip()
     previous = json.loads((ROOT / "docs" / "fim.json").read_text()) if (ROOT / "docs" / "fim.json").exists() else {}
     if args.bpb_bytes > 0:
@@ -387,7 +393,9 @@ def write_doc(payload: dict) -> None:
         "",
         "## Completing a line from a cursor inside it",
         "",
-        f"{fim['cuts']} HumanEval problems (seed {payload['seed']}), each canonical solution cut once at a random "
+        (f"{fim['cuts']} of the {fim['cuts_requested']} cuts asked for (the run's `--max-minutes` ended it). "
+         if fim["cuts"] < fim["cuts_requested"] else "")
+        + f"{fim['cuts']} HumanEval problems (seed {payload['seed']}), each canonical solution cut once at a random "
         "character of a line's code (after its first non-blank character, with code left on the line), so the prompt "
         "usually ends inside a token. Each method completes the line greedily. *Exact*: the completed line equals "
         "the rest of the canonical line (95% Clopper-Pearson interval). *pass@1*: the solution with the completed "

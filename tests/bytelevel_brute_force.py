@@ -37,12 +37,15 @@ class BruteForce:
     def _encode(self, data: bytes) -> tuple[int, ...]:
         return tuple(self.lm.tokenizer(data.decode("utf-8"), add_special_tokens=False)["input_ids"])
 
+    def _spelled(self, path: tuple[int, ...]) -> bytes:
+        return b"".join(self.token_bytes[t] for t in path)
+
     def _allowed_prefix(self, path: tuple[int, ...], text: bytes) -> bool:
         """The rule: `path` starts the tokenizer's tokenization of the text it spells, alone or followed by
         a lookahead probe; for a cut inside a character, of the text through the end of that character."""
         if not self.canonical_prefixes:
             return True
-        end = len(b"".join(self.token_bytes[t] for t in path))
+        end = len(self._spelled(path))
         suffixes = [b""] + [probe.encode() for probe in LOOKAHEAD_PROBES]
         if end < len(text) and 0x80 <= text[end] < 0xC0:  # a continuation byte: the character goes on
             suffixes = [b""]
@@ -54,7 +57,7 @@ class BruteForce:
             return False
 
     def _walk(self, text: bytes, path: tuple[int, ...], pos: int, logp: float, covers: list, complete: list) -> None:
-        """Covers of text[pos:] after `path` go to `covers` (log-probs), full tokenizations to `complete`."""
+        """Covers of text[pos:] after `path` go to `covers`, full tokenizations to `complete` (with log-probs)."""
         rest = text[pos:]
         dist = self.dist(path)
         for token, data in enumerate(self.token_bytes):
@@ -62,7 +65,7 @@ class BruteForce:
                 continue
             token_logp = logp + float(dist[token])
             if data.startswith(rest):  # a cover's last token: it reaches the end of the text or runs past it
-                covers.append(token_logp)
+                covers.append((path + (token,), token_logp))
             if rest.startswith(data) and self._allowed_prefix(path + (token,), text):
                 if len(data) < len(rest):
                     self._walk(text, path + (token,), pos + len(data), token_logp, covers, complete)
@@ -73,13 +76,26 @@ class BruteForce:
         """log of the sum of P(cover) over the covers of `text` that the rule admits."""
         covers, complete = [], []
         self._walk(text, (), 0, 0.0, covers, complete)
-        return _logsumexp(covers)
+        return _logsumexp([logp for _, logp in covers])
 
     def end_logprob(self, text: bytes) -> float:
         """log P(text, then an end-of-sequence token)."""
         covers, complete = [], []
         self._walk(text, (), 0, 0.0, covers, complete)
         return _logsumexp([logp + _logsumexp([float(self.dist(path)[e]) for e in self.eos]) for path, logp in complete])
+
+    def next_tokens(self, text: bytes) -> dict[tuple[int, ...], float]:
+        """log P of every token sequence that can start a continuation of `text`: a cover whose last token
+        runs past the end, or a full tokenization followed by one more token (an end-of-sequence one included)."""
+        covers, complete = [], []
+        self._walk(text, (), 0, 0.0, covers, complete)
+        entries = {path: logp for path, logp in covers if len(self._spelled(path)) > len(text)}
+        for path, logp in complete:
+            dist = self.dist(path)
+            for token, data in enumerate(self.token_bytes):
+                if data or token in self.eos:
+                    entries[path + (token,)] = logp + float(dist[token])
+        return entries
 
     def next_byte_logprobs(self, text: bytes, allowed: torch.Tensor) -> torch.Tensor:
         """Normalized log P(next byte | text) over 256 bytes + end, restricted to `allowed` (257 entries)."""

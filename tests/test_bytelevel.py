@@ -1,5 +1,6 @@
 """Exact byte-level probabilities: brute force over tokenizations, next-byte distributions, decoding, ensembles."""
 
+import codecs
 import math
 
 import pytest
@@ -9,10 +10,12 @@ from bytelevel_brute_force import BruteForce, CanonicalOnly
 from tokeff.core.errors import TokeffError
 from tokeff.core.models import LoadedModel, load_model
 from tokeff.decoding import get_method, method_names
-from tokeff.decoding.bytelevel import ByteEnsemble, ByteLevelModel, byte_bits_per_byte
+from tokeff.core.scoring import prefix_token_id
+from tokeff.decoding.bytelevel import ByteEnsemble, ByteLevelModel, byte_bits_per_byte, generate_by_tokens
 from tokeff.decoding.bytelevel.scoring import segments
 from tokeff.decoding.bytelevel.utf8 import allowed_next
 from tokeff.decoding.bytelevel.vocab import END, ByteVocab
+from tokeff.decoding.sampling import TokenChooser
 from tokeff.decoding.types import DecodeConfig, Prompt
 from tokeff.kernels.byte_scatter import scatter_logsumexp, scatter_logsumexp_numba, scatter_logsumexp_reference
 
@@ -118,18 +121,130 @@ def test_registry_has_byte_and_heal():
     assert {"byte", "heal", "greedy"} <= set(method_names())
 
 
-def test_byte_method_streams_what_it_returns(lm):
+@pytest.mark.parametrize("byte_greedy", [False, True])
+def test_byte_method_streams_what_it_returns(lm, byte_greedy):
     streamed = []
     config = DecodeConfig(max_new_tokens=12, stop_at_eos=False)
-    result = get_method("byte")(lm, config).generate(Prompt.from_text(lm, "To be, or no"), on_text=streamed.append)
+    method = get_method("byte")(lm, config, byte_greedy=byte_greedy)
+    result = method.generate(Prompt.from_text(lm, "To be, or no"), on_text=streamed.append)
     assert len(result.token_ids) == 12 and bytes(result.token_ids).decode("utf-8", "replace") == result.text
     assert "".join(streamed) == result.text
-    assert result.stats.forward_passes >= 2 and result.details["model_calls_per_byte"] > 0
-    # Greedy over bytes: each byte is the argmax of the byte-level distribution after the previous ones.
-    model = ByteLevelModel(lm, text="To be, or no")
-    for byte in result.token_ids[:4]:
-        assert int(model.next_byte_logprobs()[:END].argmax()) == byte
-        model.append(byte)
+    assert result.details["steps"] == ("bytes" if byte_greedy else "tokens")
+    if byte_greedy:  # greedy over bytes: each byte is the argmax of the byte-level distribution after the previous ones
+        model = ByteLevelModel(lm, text="To be, or no")
+        for byte in result.token_ids:
+            assert int(model.next_byte_logprobs()[:END].argmax()) == byte
+            model.append(byte)
+    else:  # whole tokens: fewer model calls than bytes
+        assert result.stats.forward_passes < 12
+
+
+def _uncached_logits(lm, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return lm.model(torch.tensor([ids]), use_cache=False).logits[0, -1].double()
+
+
+@pytest.mark.parametrize("text", [b"And so", b"x\n\n  i", "caf\u00e9".encode()])
+def test_covers_are_the_brute_force_next_tokens(lm, text):
+    """The token-speed method's first choice: every cover of the text past its end and every token after a
+    full tokenization, with their joint probabilities, against brute force over tokenizations."""
+    model = ByteLevelModel(lm, text=text)
+    covers = model.next_covers()
+    assert float(covers.logprobs.exp().sum()) == pytest.approx(1.0, abs=1e-9)
+    ours = {}
+    for index in torch.nonzero(torch.isfinite(covers.logprobs)).flatten().tolist():
+        path, token, _ = covers.entry(index)
+        ours[path + (token,)] = float(covers.logprobs[index])
+    brute = BruteForce(lm, canonical_prefixes=True).next_tokens(text)
+    valid = allowed_next(text)
+    vocab = ByteVocab.for_model(lm)
+    spelled = {path: b"".join(vocab.token_bytes[t] or b"" for t in path) for path in brute}
+    brute = {path: logp for path, logp in brute.items()
+             if valid[spelled[path][len(text)] if len(spelled[path]) > len(text) else END]}
+    total = math.log(sum(math.exp(logp) for logp in brute.values()))
+    assert set(ours) == set(brute)
+    for path, logp in brute.items():
+        assert ours[path] == pytest.approx(logp - total, abs=1e-5)
+    # Their next bytes sum to the byte-level distribution.
+    scattered = scatter_logsumexp(covers.logprobs, covers.bins, 258)[: END + 1]
+    torch.testing.assert_close(scattered, model.next_byte_logprobs())
+
+
+def _valid_utf8_prefix(data: bytes) -> bool:
+    """Valid UTF-8, possibly ending inside a character (the standard library's incremental decoder)."""
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(data)
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def test_token_speed_greedy_is_the_best_cover_then_argmax_tokens(lm):
+    """Greedy over tokens, against an uncached oracle: the most probable brute-force cover, then the argmax
+    token after each prefix among those that keep the text UTF-8 (special tokens and the end excluded, as
+    with --ignore-eos)."""
+    text, budget = b"To be, or no", 14
+    result = get_method("byte")(lm, DecodeConfig(max_new_tokens=budget, stop_at_eos=False)).generate(Prompt.from_text(lm, text.decode()))
+    vocab = ByteVocab.for_model(lm)
+    entries = BruteForce(lm, canonical_prefixes=True).next_tokens(text)
+    entries = {path: logp for path, logp in entries.items() if path[-1] not in vocab.eos_ids}
+    tokens = list(max(entries, key=entries.get))
+    context = [prefix_token_id(lm)]
+    expected = b"".join(vocab.token_bytes[t] for t in tokens)[len(text):]
+    while len(expected) < budget:
+        logits = _uncached_logits(lm, context + tokens)
+        banned = [i for i, data in enumerate(vocab.token_bytes) if not data or not _valid_utf8_prefix(expected + data)]
+        logits[banned] = -math.inf
+        tokens.append(int(logits.argmax()))
+        expected += vocab.token_bytes[tokens[-1]]
+    assert bytes(result.token_ids) == expected[:budget]
+    assert result.stats.forward_passes < budget
+
+
+def test_token_speed_sampling_is_the_byte_level_distribution(tiny_llama_dir):
+    """Exactness of a cover then whole tokens, on a model with no mass on non-canonical tokenizations: the
+    probability of the first two bytes it generates (a cover, then the token after it when the cover adds
+    one byte) equals the byte-level model's, byte after byte."""
+    base = load_model(str(tiny_llama_dir), device="cpu")
+    lm = LoadedModel(model=CanonicalOnly(base), tokenizer=base.tokenizer, spec="canonical", folder=base.folder)
+    text = b"the k"
+    vocab = ByteVocab.for_model(lm)
+    covers = ByteLevelModel(lm, text=text).next_covers()
+    context = [prefix_token_id(lm)]
+    two = torch.full((256, 257), -math.inf, dtype=torch.float64)  # log P(first byte, second byte or END)
+    for index in torch.nonzero(torch.isfinite(covers.logprobs)).flatten().tolist():
+        path, token, inside = covers.entry(index)
+        if token in vocab.eos_ids:
+            continue
+        new, logp = vocab.token_bytes[token][inside:], float(covers.logprobs[index])
+        if len(new) > 1:
+            two[new[0], new[1]] = torch.logaddexp(two[new[0], new[1]], torch.tensor(logp, dtype=torch.float64))
+            continue
+        after = torch.log_softmax(_uncached_logits(lm, context + list(path) + [token]), -1)
+        bins = vocab.first_bin.clone()
+        seconds = scatter_logsumexp(after, bins, 258)[: END + 1]
+        two[new[0]] = torch.logaddexp(two[new[0]], seconds + logp)
+    byte_level = ByteLevelModel(lm, text=text).next_byte_logprobs()
+    firsts = torch.topk(byte_level[:END], 3).indices.tolist()
+    for first in firsts:
+        expected = byte_level[first] + ByteLevelModel(lm, text=text + bytes([first])).next_byte_logprobs()
+        finite = torch.isfinite(expected)
+        assert torch.equal(finite, torch.isfinite(two[first]))
+        torch.testing.assert_close(two[first][finite], expected[finite], atol=1e-5, rtol=0)
+
+
+def test_token_speed_stops_inside_a_token(lm):
+    """A stop string or the byte budget cuts the last token: the output is the uncut run up to there."""
+    model = lambda: ByteLevelModel(lm, text="To be, or no")  # noqa: E731
+    chooser = lambda: TokenChooser(DecodeConfig())  # noqa: E731
+    full = generate_by_tokens(model(), chooser(), 40, stop_at_end=False)
+    assert len(full) == 40
+    for budget in (1, 7):
+        assert generate_by_tokens(model(), chooser(), budget, stop_at_end=False) == full[:budget]
+    marker = full[5:7]
+    streamed = []
+    stopped = generate_by_tokens(model(), chooser(), 40, False, stop=(marker,), on_text=streamed.append)
+    assert stopped == full[: full.index(marker) + len(marker)] and "".join(streamed) == stopped.decode("utf-8", "replace")
 
 
 def test_sampled_byte_decoding_is_reproducible(lm):

@@ -5,6 +5,11 @@ import json
 import pytest
 from helpers import run_cli
 
+from tokeff.core.models import load_model
+from tokeff.decoding.bytelevel import ByteLevelModel, generate_by_tokens
+from tokeff.decoding.sampling import TokenChooser
+from tokeff.decoding.types import DecodeConfig
+
 PROMPT = "def fib(n):\n    ret"
 
 
@@ -48,16 +53,19 @@ def test_ensemble_bad_arguments(tiny_llama_dir, tiny_gemma_dir, args, message):
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("method", ["byte", "heal"])
+@pytest.mark.parametrize("method", [["byte"], ["byte", "--byte-greedy"], ["heal"]])
 def test_decode_methods_from_the_command_line(tiny_gemma_dir, method):
-    payload = json.loads(
-        run_cli("decode", "-m", tiny_gemma_dir, "--method", method, "--prompt", PROMPT, "--max-new-tokens", 6, "--ignore-eos", "--json", check=0).stdout
-    )
-    assert payload["method"] == method and payload["tokens"] == 6 and payload["forward_passes"] >= 1
-    if method == "byte":  # greedy over bytes: the same bytes as a one-model byte-level ensemble picks
+    args = ["--method", *method, "--prompt", PROMPT, "--max-new-tokens", 6, "--ignore-eos", "--json"]
+    payload = json.loads(run_cli("decode", "-m", tiny_gemma_dir, *args, check=0).stdout)
+    assert payload["method"] == method[0] and payload["tokens"] == 6 and payload["forward_passes"] >= 1
+    if method[1:]:  # greedy over bytes: the same bytes as a one-model byte-level ensemble picks
         ensemble = run_cli("ensemble", "-m", tiny_gemma_dir, "--prompt", PROMPT, "--max-new-bytes", 6, "--ignore-eos", "--json",
                            check=0)
-        assert payload["text"] == json.loads(ensemble.stdout)["text"]
+        assert payload["text"] == json.loads(ensemble.stdout)["text"] and payload["steps"] == "bytes"
+    elif method == ["byte"]:  # a cover, then whole tokens: the library's greedy over tokens
+        model = ByteLevelModel(load_model(str(tiny_gemma_dir), device="cpu"), text=PROMPT)
+        data = generate_by_tokens(model, TokenChooser(DecodeConfig()), 6, stop_at_end=False)
+        assert payload["text"] == data.decode("utf-8", "replace") and payload["steps"] == "tokens"
 
 
 def test_heal_first_token_is_the_best_token_extending_the_backed_up_one(tiny_gemma_dir):

@@ -87,17 +87,17 @@ def _draw(axis, panel: Panel) -> None:
         axis.plot(line.x, line.y, marker=line.marker, linestyle=line.style, label=line.label, color=line.color)
         for x, y, note in zip(line.x, line.y, line.notes):
             axis.annotate(note, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    if panel.bars is not None:
+    if panel.xscale == "log":
+        axis.set_xscale("log", base=panel.xbase)
+    else:
+        axis.set_xscale(panel.xscale)
+    if panel.bars is not None:  # after the scale, which would reset the bars' tick labels
         positions = range(len(panel.bars.labels))
         axis.bar(positions, panel.bars.heights, color=panel.bars.colors)
         axis.set_xticks(positions, panel.bars.labels, rotation=30, ha="right", fontsize=8)
     axis.set_xlabel(panel.xlabel)
     axis.set_ylabel(panel.ylabel)
     axis.set_title(panel.title, fontsize=10)
-    if panel.xscale == "log":
-        axis.set_xscale("log", base=panel.xbase)
-    else:
-        axis.set_xscale(panel.xscale)
     if panel.ylim is not None:
         axis.set_ylim(*panel.ylim)
     for value in panel.guides:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from transformers import Cache, DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
@@ -59,6 +61,17 @@ class CachedRunner:
         # transformers 5 crops by a negative count; crop(0) also trims recorded sliding-window past.
         if self.length:  # (an empty cache has nothing to crop, and its sliding layers cannot)
             self.cache.crop(min(0, length - self.length))
+
+    def crop_to_common(self, cached: Sequence[int], wanted: Sequence[int], limit: int) -> int:
+        """Keep the cached positions that `wanted` shares with `cached` (the ids the cache holds), at most
+        `limit` of them, and forget the rest; returns how many were kept, where feeding `wanted` resumes."""
+        common = 0
+        for held, new in zip(cached[:limit], wanted):
+            if held != new:
+                break
+            common += 1
+        self.crop(common)
+        return common
 
     def keep_new(self, n_new: int, keep: list[int]) -> None:
         """Of the `n_new` positions the last forward pass appended, keep only those at `keep` (ascending

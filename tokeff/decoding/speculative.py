@@ -93,10 +93,7 @@ class DraftModelDrafter(Drafter):
         if count == 0:
             return Draft(DraftTree.chain(context[-1], []))
         ids = self._draft_ids(context)
-        common = 0
-        while common < min(len(self.cached), len(ids) - 1) and self.cached[common] == ids[common]:
-            common += 1
-        self.runner.crop(common)
+        common = self.runner.crop_to_common(self.cached, ids, len(ids) - 1)
         self.cached = self.cached[:common]
         feed, proposal, probs = ids[common:], [], []
         started = time.perf_counter()

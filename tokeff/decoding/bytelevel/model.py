@@ -38,7 +38,10 @@ bytes + end is one vectorized kernel call (`tokeff/kernels/byte_scatter.py`).
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
@@ -52,6 +55,27 @@ from tokeff.decoding.bytelevel.vocab import END, N_BINS, ByteVocab
 from tokeff.decoding.runner import CachedRunner
 from tokeff.decoding.types import DecodeStats
 from tokeff.kernels.byte_scatter import scatter_logsumexp
+
+
+@dataclass
+class Covers:
+    """The next tokens that can continue a text: entry i is token `ids[i]` after `paths[j]` (tokens after
+    the trunk, j the segment that `offsets` puts i in). Either `paths[j]` spells the whole text and the
+    token is any next token (an end-of-sequence token included), or the token is a cover's last one and
+    runs past the text's end. `logprobs` are joint log-probabilities normalized over the entries (float64,
+    -inf where the next byte would break UTF-8), `bins` the next byte each spells (END for the end)."""
+
+    logprobs: torch.Tensor
+    ids: torch.Tensor
+    bins: torch.Tensor
+    paths: list[Path]
+    offsets: list[int]
+    inside: list[int]  # bytes of the text that the segment's tokens start with (0 after a whole tokenization)
+
+    def entry(self, index: int) -> tuple[Path, int, int]:
+        """(path, token, how many of the token's bytes the text already holds) of entry `index`."""
+        segment = bisect.bisect_right(self.offsets, index) - 1
+        return self.paths[segment], int(self.ids[index]), self.inside[segment]
 
 
 class _Node:
@@ -84,6 +108,7 @@ class ByteLevelModel:
         self.lm = lm
         self.vocab = ByteVocab.for_model(lm)
         self._first_bin = self.vocab.first_bin.to(lm.device)
+        self._all_ids = torch.arange(len(self.vocab), device=lm.device)
         self.prefixes = PrefixTokenizer.for_model(lm)
         self.stats = stats if stats is not None else DecodeStats()
         # A plain DynamicCache: its layers can be cropped anywhere, sliding-window ones included.
@@ -114,16 +139,7 @@ class ByteLevelModel:
     def next_byte_logprobs(self) -> torch.Tensor:
         """log P(next byte | text) over 257 outcomes (bytes 0-255, then END), float64, summing to 1."""
         if self._next is None:
-            values, bins = [], []
-            n = len(self.text)
-            for m, node in self._live_nodes():
-                if m == n:  # continue with any token; END is an end-of-sequence token
-                    values.append(node.dist.double() + node.logp)
-                    bins.append(self._first_bin)
-                else:  # the covers of text[m:]: tokens that start with it, binned by their next byte
-                    ids, token_bins = self.vocab.next_bins(bytes(self.text[m:n]))
-                    values.append(node.dist[ids.to(node.dist.device)].double() + node.logp)
-                    bins.append(token_bins.to(node.dist.device))
+            *_, values, bins = zip(*self._next_tokens())
             scores = scatter_logsumexp(torch.cat(values), torch.cat(bins), N_BINS).cpu()
             scores[~allowed_next(self.text)] = -math.inf
             scores = scores[: END + 1]
@@ -132,6 +148,31 @@ class ByteLevelModel:
                 raise TokeffError("no tokenization of the model can continue this text")
             self._next = scores - total
         return self._next
+
+    def next_covers(self, allow_end: bool = True) -> Covers:
+        """Every next token that can continue the text, with its joint probability: the choices a
+        token-level continuation starts from (their next bytes sum to `next_byte_logprobs`)."""
+        paths, inside, ids, values, bins = zip(*self._next_tokens())
+        values, bins = torch.cat(values), torch.cat(bins)
+        allowed = allowed_next(self.text).to(bins.device)[bins]
+        if not allow_end:
+            allowed &= bins != END
+        values = values.masked_fill(~allowed, -math.inf)
+        total = torch.logsumexp(values, 0)
+        if not torch.isfinite(total):
+            raise TokeffError("no tokenization of the model can continue this text")
+        offsets = [0]
+        for segment in ids[:-1]:
+            offsets.append(offsets[-1] + len(segment))
+        return Covers(values - total, torch.cat(ids), bins, list(paths), offsets, list(inside))
+
+    def token_logits(self, path: Sequence[int]) -> torch.Tensor:
+        """Next-token logits after the trunk and `path` (one model call, feeding what the cache lacks)."""
+        sequence = self.trunk + list(path)
+        feed_from = self.runner.crop_to_common(self._cached, sequence, len(sequence) - 1)
+        logits = self.runner.forward(sequence[feed_from:], logits_to_keep=1)[-1]
+        self._cached = sequence
+        return logits
 
     def prefix_logprob(self) -> float:
         """log of the sum over the covers of the appended text: the lemma's byte-level probability."""
@@ -167,8 +208,21 @@ class ByteLevelModel:
                 live.append((m, path))
         return live
 
-    def _live_nodes(self) -> list[tuple[int, _Node]]:
-        return [(m, self._ensure(path)) for m, path in self.live_paths()]
+    def _next_tokens(self) -> list[tuple[Path, int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(path, n - m, ids, joint log-probabilities, next-byte bins): the tokens that can follow each live node."""
+        n = len(self.text)
+        terms = []
+        for m, path in self.live_paths():
+            node = self._ensure(path)
+            if m == n:  # continue with any token; END is an end-of-sequence token
+                ids, bins = self._all_ids, self._first_bin
+                values = node.dist.double() + node.logp
+            else:  # the covers of text[m:]: tokens that start with it, binned by their next byte
+                ids, bins = self.vocab.next_bins(bytes(self.text[m:n]))
+                ids, bins = ids.to(node.dist.device), bins.to(node.dist.device)
+                values = node.dist[ids].double() + node.logp
+            terms.append((path, n - m, ids, values, bins))
+        return terms
 
     def _ensure(self, path: Path) -> _Node:
         """The node for `path` (tokens after the trunk), with its distribution computed by one model call if missing."""
@@ -189,13 +243,7 @@ class ByteLevelModel:
         """One model call: feed what the cache lacks of trunk + path, keep the logits from node `first` on."""
         sequence = self.trunk + list(path)
         needed_from = len(self.trunk) - 1 + first  # the position whose logits give nodes[first]'s distribution
-        common = 0
-        for cached, wanted in zip(self._cached, sequence):
-            if cached != wanted:
-                break
-            common += 1
-        feed_from = min(common, needed_from)
-        self.runner.crop(feed_from)
+        feed_from = self.runner.crop_to_common(self._cached, sequence, needed_from)
         logits = self.runner.forward(sequence[feed_from:], logits_to_keep=len(sequence) - needed_from)
         self._cached = sequence
         dists = torch.log_softmax(logits, dim=-1)

@@ -8,6 +8,7 @@ model reads a next-byte distribution off a range of a next-token distribution.
 from __future__ import annotations
 
 import bisect
+import codecs
 import weakref
 
 import numpy as np
@@ -51,6 +52,7 @@ class ByteVocab:
             codes = np.frombuffer(data, dtype=np.uint8)
             pairs[codes[:-1], codes[1:]] = True
         self.pair_in_token = pairs
+        self._utf8: dict[bytes, torch.Tensor] = {}
         self._single: dict[int, int] = {}
         for token_id, data in enumerate(token_bytes):
             if data and len(data) == 1:
@@ -104,3 +106,26 @@ class ByteVocab:
     def single_byte_token(self, byte: int) -> int | None:
         """The token spelling exactly this one byte (a byte-fallback token for bytes >= 0x80), if any."""
         return self._single.get(byte)
+
+    def keeps_utf8(self, partial: bytes) -> torch.Tensor:
+        """Boolean mask over token ids: the tokens whose bytes, after `partial` (the start of a character,
+        or nothing), leave valid UTF-8 (possibly ending inside a character). Tokens without bytes are False."""
+        mask = self._utf8.get(partial)
+        if mask is None:
+            valid = [bool(data) and _utf8_prefix(partial + data) for data in self.token_bytes]
+            mask = self._utf8[partial] = torch.tensor(valid, dtype=torch.bool)
+        return mask
+
+
+def _utf8_prefix(data: bytes) -> bool:
+    """Valid UTF-8, possibly ending inside a character."""
+    try:
+        data.decode("utf-8")  # the common case, fast
+        return True
+    except UnicodeDecodeError:
+        pass
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(data)  # strict about all but an unfinished last character
+        return True
+    except UnicodeDecodeError:
+        return False

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from tokeff.core.reporting import Line, Panel, plot_panels
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "wikitext2-valid.txt"
 CALIBRATION_SLICE = (0, 400_000)  # bytes of wikitext2-valid.txt the calibration may read
@@ -263,28 +265,17 @@ def run_model(name: str, args, workdir: Path):
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
-    for ax, result in zip(axes[0], results):
+    panels = []
+    for result in results:
+        lines = []
         for kind, marker in (("calibrated", "o"), ("uniform", "s"), ("quanto", "^")):
             points = sorted((r["kv_bytes_per_token"], r["delta_ppl"], r["bits"]) for r in result["rows"] if r["cache"].startswith(kind))
             if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=kind)
-                for x, y, bits in points:
-                    ax.annotate(f"{bits}b", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=0.1)
-        ax.set_xlabel("KV bytes per token (log)")
-        ax.set_ylabel("perplexity increase over full precision")
-        ax.set_title(result["model"])
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+                lines.append(Line(kind, [p[0] for p in points], [p[1] for p in points], marker=marker,
+                                  notes=[f"{p[2]}b" for p in points]))
+        panels.append(Panel("KV bytes per token (log)", "perplexity increase over full precision", result["model"],
+                            lines=lines, xscale="log", yscale="symlog"))
+    plot_panels(path, panels, size=(6 * len(panels), 4.5))
 
 
 def write_markdown(results: list[dict], kernel: dict, args, command: str, total_s: float, path: Path) -> None:

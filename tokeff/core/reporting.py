@@ -45,6 +45,8 @@ class Panel:
     xscale: str = "linear"
     xbase: float = 10  # the log base when xscale is "log"
     ylim: tuple[float, float] | None = None
+    yscale: str = "linear"
+    ylinthresh: float = 0.1  # the linear range around 0 when yscale is "symlog"
     guides: Sequence[float] = ()  # dotted horizontal reference lines
     vguides: Sequence[tuple[float, str]] = field(default_factory=tuple)  # dotted vertical lines, labelled
 
@@ -98,6 +100,10 @@ def _draw(axis, panel: Panel) -> None:
     axis.set_xlabel(panel.xlabel)
     axis.set_ylabel(panel.ylabel)
     axis.set_title(panel.title, fontsize=10)
+    if panel.yscale == "symlog":
+        axis.set_yscale("symlog", linthresh=panel.ylinthresh)
+    else:
+        axis.set_yscale(panel.yscale)
     if panel.ylim is not None:
         axis.set_ylim(*panel.ylim)
     for value in panel.guides:

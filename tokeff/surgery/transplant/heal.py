@@ -154,6 +154,7 @@ def heal_rows(base: LoadedModel, replacements: dict[str, torch.Tensor], layout: 
     order: list[int] = []
     curve = []
     prefix = prefix_token_id(new_lm)
+    batch_size = min(BATCH, len(chunks))
     fitting = time.perf_counter()
     with console.progress() as bar:
         task = bar.add_task("healing new rows", total=steps or DEFAULT_STEPS)
@@ -161,9 +162,9 @@ def heal_rows(base: LoadedModel, replacements: dict[str, torch.Tensor], layout: 
             spent = time.perf_counter() - fitting
             if steps is None and step and spent + spent / step > DEFAULT_FIT_SECONDS:
                 break
-            if len(order) < min(BATCH, len(chunks)):
+            if len(order) < batch_size:
                 order += torch.randperm(len(chunks), generator=generator).tolist()
-            batch, order = order[: min(BATCH, len(chunks))], order[min(BATCH, len(chunks)) :]
+            batch, order = order[:batch_size], order[batch_size:]
             weights = {name: matrices[name].index_put((new,), p) for name, p in zip(names, params)}
             bits = _batch_bits(model, weights, [chunks[i] for i in batch], prefix, device)
             loss = bits / float(chunk_bytes[batch].sum())

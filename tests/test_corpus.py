@@ -13,6 +13,7 @@ from tokeff.corpus.output import parts_folder
 from tokeff.corpus.reader import ReaderOptions, expand_sources, read_corpus
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+TIMINGS = ("seconds", "startup_seconds", "steady_docs_per_s")
 
 
 def tokeff(*args):
@@ -96,6 +97,9 @@ def test_detect_corpus_local(monkeypatch, key, jsonl_corpus, parquet_corpus, tmp
     assert len(table) == summary["documents"] == 304 and summary["failed"] == sum(r["error"] is not None for r in table)
     assert summary["failed"] >= 4 and summary["bytes"] == sum(r["bytes"] for r in table if r["error"] is None)
     assert summary["detections"] == sum(bool(r["verdict"]) for r in table) >= summary["detections_bh"]
+    # start-up ends with the first batch of 50; the rate after it counts the other 254 documents
+    assert 0 < summary["startup_seconds"] < summary["seconds"]
+    assert summary["steady_docs_per_s"] == pytest.approx(254 / (summary["seconds"] - summary["startup_seconds"]))
     # the per-document rows are what today's detect prints for the same texts
     single = tmp_path / "one.txt"
     single.write_text(paragraphs(1)[0])
@@ -173,7 +177,7 @@ def test_ray_matches_local_even_when_an_actor_dies(monkeypatch, ray_session, key
                              "--workers", 2)
     assert code == 0 and marker.exists()
     assert rows(tmp_path / "ray.parquet") == rows(tmp_path / "local.parquet")
-    drop = lambda summary: {k: v for k, v in json.loads(summary).items() if k not in ("engine", "seconds", "output")}  # noqa: E731
+    drop = lambda summary: {k: v for k, v in json.loads(summary).items() if k not in ("engine", "output", *TIMINGS)}  # noqa: E731
     assert drop(remote) == drop(local)
 
 

@@ -49,15 +49,23 @@ def run_job(spec: JobSpec, sources: list[Path], output: Path, reader: ReaderOpti
     else:
         from tokeff.corpus.ray_engine import ray_batches as batches
     total_bytes = sum(path.stat().st_size for path in files)
+    startup = None  # (seconds, documents) when the first scored batch arrived: engine start-up, model or key loads
     with console.progress() as bar:
         task = bar.add_task("documents", total=total_bytes, docs=writer.resumed_rows)
         for table in batches(spec, files, reader, dict(writer.done), engine):
             writer.write(table)
+            startup = startup or (time.perf_counter() - started, table.num_rows)
             bar.update(task, advance=sum(table.column("bytes").to_pylist()), docs=bar.tasks[task].fields["docs"] + table.num_rows)
     summary: Summary = writer.finish()
     seconds = time.perf_counter() - started
-    return {"output": str(output), "engine": engine.engine, **summary.to_json(spec.params.get("alpha")),
-            "seconds": seconds}
+    payload = {"output": str(output), "engine": engine.engine, **summary.to_json(spec.params.get("alpha")),
+               "seconds": seconds}
+    if startup:
+        # The rate after start-up is what a long job runs at: start-up is paid once per job.
+        later = summary.documents - writer.resumed_rows - startup[1]
+        payload.update(startup_seconds=startup[0],
+                       steady_docs_per_s=later / (seconds - startup[0]) if later and seconds > startup[0] else None)
+    return payload
 
 
 def _local_batches(spec: JobSpec, files, reader, skip, engine) -> Iterator[pa.Table]:

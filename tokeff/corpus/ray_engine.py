@@ -74,6 +74,9 @@ def _score(dataset, spec: JobSpec, engine):
         num_gpus=engine.gpus_per_worker or None,
         max_restarts=-1,  # a dead actor is replaced ...
         max_task_retries=-1,  # ... and its batch retried, so every document comes out exactly once
+        # An actor has one CPU: Ray limits its OpenMP threads to it, this the tokenizers' Rust pool too, or
+        # each actor would tokenize on every core and the actors would fight over them.
+        runtime_env={"env_vars": {"RAYON_NUM_THREADS": "1"}},
     )
 
 

@@ -108,9 +108,9 @@ def run_engines(kind: str, base: list, corpus: Path, work: Path, engines: list[t
                "job_seconds": summary["seconds"], "documents": summary["documents"], "failed": summary["failed"],
                "bytes": summary["bytes"], "summary": summary}
         row["docs_per_s"] = row["documents"] / row["job_seconds"]
+        row["bytes_per_s"] = row["bytes"] / row["job_seconds"]
         row["startup_seconds"], row["steady_docs_per_s"] = summary["startup_seconds"], summary["steady_docs_per_s"]
         row["steady_bytes_per_s"] = row["bytes_per_s"] * row["steady_docs_per_s"] / row["docs_per_s"]  # mean doc size
-        row["bytes_per_s"] = row["bytes"] / row["job_seconds"]
         if rows:
             row["rows_equal_local"] = same_rows(work / f"{kind}-local-1.parquet", out)
         rows.append(row)

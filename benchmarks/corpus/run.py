@@ -110,7 +110,8 @@ def run_engines(kind: str, base: list, corpus: Path, work: Path, engines: list[t
         row["docs_per_s"] = row["documents"] / row["job_seconds"]
         row["bytes_per_s"] = row["bytes"] / row["job_seconds"]
         row["startup_seconds"], row["steady_docs_per_s"] = summary["startup_seconds"], summary["steady_docs_per_s"]
-        row["steady_bytes_per_s"] = row["bytes_per_s"] * row["steady_docs_per_s"] / row["docs_per_s"]  # mean doc size
+        # mean doc size; no rate after start-up when the first batch held every document
+        row["steady_bytes_per_s"] = (row["steady_docs_per_s"] and row["bytes_per_s"] * row["steady_docs_per_s"] / row["docs_per_s"])
         if rows:
             row["rows_equal_local"] = same_rows(work / f"{kind}-local-1.parquet", out)
         rows.append(row)

@@ -119,6 +119,11 @@ def run_engines(kind: str, base: list, corpus: Path, work: Path, engines: list[t
     return rows
 
 
+def figure(value: float | None, spec: str) -> str:
+    """A table cell; '-' where the run gave no figure (no rate after start-up when the first batch held every document)."""
+    return "-" if value is None else format(value, spec)
+
+
 def write_doc(results: dict, command: str, docs: Path) -> None:
     from tokeff.core.reporting import Bars, Panel, plot_panels
 
@@ -134,20 +139,23 @@ def write_doc(results: dict, command: str, docs: Path) -> None:
     local, ray1 = detect[0], next(r for r in detect if r["workers"] == 1 and r["engine"] == "ray")
     ray2 = next((r for r in detect if r["workers"] == 2), None)
     overhead = local["docs_per_s"] / ray1["docs_per_s"] - 1
-    steady_overhead = local["steady_docs_per_s"] / ray1["steady_docs_per_s"] - 1
-    ratios = [f"- Ray's overhead at 1 worker against local: {steady_overhead:+.0%} in documents/s after start-up, "
+    def steady_ratio(a: dict, b: dict) -> float | None:
+        return a["steady_docs_per_s"] / b["steady_docs_per_s"] if a["steady_docs_per_s"] and b["steady_docs_per_s"] else None
+
+    ratio = steady_ratio(local, ray1)
+    steady_overhead = None if ratio is None else ratio - 1
+    ratios = [f"- Ray's overhead at 1 worker against local: {figure(steady_overhead, '+.0%')} in documents/s after start-up, "
               f"{overhead:+.0%} over the whole job (Ray's and the actors' start-up of {ray1['startup_seconds']:.0f} s "
               f"included, against local's {local['startup_seconds']:.1f} s); target at most +15%."]
     if ray2:
-        ratios.append(f"- Scaling from 1 to 2 Ray workers: {ray2['steady_docs_per_s'] / ray1['steady_docs_per_s']:.2f}x in "
+        ratios.append(f"- Scaling from 1 to 2 Ray workers: {figure(steady_ratio(ray2, ray1), '.2f')}x in "
                       f"documents/s after start-up, {ray2['docs_per_s'] / ray1['docs_per_s']:.2f}x over the whole job; "
                       "target at least 1.7x.")
     lines = ["# Corpus jobs: engine local against Ray Data", "",
              f"Reproduce: `{command}` (under `flock /tmp/tokeff-bench.lock`)."
              + (f" The {' and '.join(results['separate_runs'])} part was last measured on its own (`--parts`), the rest "
                 "in an earlier run of the same command." if results.get("separate_runs") else ""), "",
-             f"Machine: {os.cpu_count()} CPU cores (load average {results['load_average']:.1f} at the start; other "
-             "engineers' jobs ran beside it at the lowest CPU share). Every process computes on one thread "
+             f"Machine: {os.cpu_count()} CPU cores (load average {results['load_average']:.1f} at the start). Every process computes on one thread "
              "(`OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1`: what a one-CPU Ray actor gets), so local and one Ray worker compute "
              "alike. *Job s* is the command's own time (its summary's `seconds`), *start-up s* the part of it before the first "
              "scored batch came back (for Ray: starting Ray, the actors, and the key or model loaded in each), and *after "
@@ -161,8 +169,8 @@ def write_doc(results: dict, command: str, docs: Path) -> None:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in detect:
         s = r["summary"]
-        lines.append(f"| {label(r)} | {r['wall_seconds']:.1f} | {r['job_seconds']:.1f} | {r['startup_seconds']:.1f} | "
-                     f"{r['docs_per_s']:,.0f} | {r['steady_docs_per_s']:,.0f} | "
+        lines.append(f"| {label(r)} | {r['wall_seconds']:.1f} | {r['job_seconds']:.1f} | {figure(r['startup_seconds'], '.1f')} | "
+                     f"{r['docs_per_s']:,.0f} | {figure(r['steady_docs_per_s'], ',.0f')} | "
                      f"{r['bytes_per_s'] / 1e6:.2f} | {r['peak_rss_mib']:,.0f} | {s.get('detections', '-')} | "
                      f"{s.get('detections_bh', '-')} | {r.get('rows_equal_local', '-')} |")
     lines += ["", *ratios, "",
@@ -171,10 +179,9 @@ def write_doc(results: dict, command: str, docs: Path) -> None:
               "| corpus bpb | rows = local |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in bpb:
-        steady = f"{r['steady_bytes_per_s'] / 1e3:.1f}" if r.get("steady_bytes_per_s") else "-"
-        startup = f"{r['startup_seconds']:.1f}" if r.get("startup_seconds") is not None else "-"
-        lines.append(f"| {label(r)} | {r['wall_seconds']:.1f} | {r['job_seconds']:.1f} | {startup} | "
-                     f"{r['docs_per_s']:.1f} | {r['bytes_per_s'] / 1e3:.1f} | {steady} | "
+        steady = r["steady_bytes_per_s"] and r["steady_bytes_per_s"] / 1e3
+        lines.append(f"| {label(r)} | {r['wall_seconds']:.1f} | {r['job_seconds']:.1f} | {figure(r['startup_seconds'], '.1f')} | "
+                     f"{r['docs_per_s']:.1f} | {r['bytes_per_s'] / 1e3:.1f} | {figure(steady, '.1f')} | "
                      f"{r['peak_rss_mib']:,.0f} | {r['summary']['bpb']:.4f} | "
                      f"{r.get('rows_equal_local', '-')} |")
     lines += ["", "![throughput by engine](corpus.png)", "", USAGE]
@@ -253,7 +260,7 @@ def main() -> None:
         bpb = kept["bpb"] if "bpb" not in parts else run_engines(
             "bpb", ["eval", "bpb", "-m", MODEL], bpb_corpus, work, [("local", 1), ("ray", 1)], min(args.batch_size, 64),
             args.timeout)
-    given = [arg for arg in sys.argv[1:] if not arg.startswith("--parts")]
+    given = [arg for arg in sys.argv[1:] if not arg.startswith("--parts=")]
     if "--parts" in given:  # "--parts X" as two words
         del given[given.index("--parts") : given.index("--parts") + 2]
     command = " ".join(["PYTHONPATH=. python benchmarks/corpus/run.py", *given])

@@ -1,7 +1,7 @@
 """Lazy access to a model's safetensors shards: read single tensors, rewrite shard by shard.
 
 Only the embedding matrices are ever held whole; every other tensor is copied one shard at a
-time, so transplanting a 70B checkpoint needs the embeddings plus one shard of memory.
+time, so the checkpoint is never in memory all at once.
 """
 
 from __future__ import annotations

@@ -181,6 +181,18 @@ def test_ray_matches_local_even_when_an_actor_dies(monkeypatch, ray_session, key
     assert drop(remote) == drop(local)
 
 
+def test_ray_cuts_a_file_into_batch_sized_blocks(ray_session, key, jsonl_corpus):
+    """One file of short documents must not reach the actors as one block, which a single actor would score alone."""
+    from tokeff.corpus.engines import EngineOptions
+    from tokeff.corpus.ray_engine import ray_batches
+
+    spec = scorers.JobSpec("watermark", {"key": str(key), "alpha": 0.01})
+    engine = EngineOptions(engine="ray", batch_size=32, workers=2)
+    tables = list(ray_batches(spec, [jsonl_corpus], ReaderOptions(id_field="doc"), {}, engine))
+    assert sum(table.num_rows for table in tables) == 304
+    assert len(tables) >= 304 // 32 and max(table.num_rows for table in tables) <= 32
+
+
 def test_bpb_ray_matches_local(monkeypatch, ray_session, tiny_llama_dir, parquet_corpus, tmp_path):
     args = ["eval", "bpb", "-m", tiny_llama_dir, parquet_corpus, "--field", "body", "--context", 32, "--batch-size", 8]
     tokeff(*args, "-o", tmp_path / "local.jsonl")

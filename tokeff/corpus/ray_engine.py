@@ -53,6 +53,9 @@ def ray_batches(spec: JobSpec, files, reader, skip, engine) -> Iterator[pa.Table
     context.enable_progress_bars = False
     # Reading is light: a fraction of a CPU, so the scoring actors get the cores.
     dataset = ray.data.read_datasource(CorpusDatasource(files, reader, skip, engine.batch_size), override_num_blocks=len(files), num_cpus=0.25)
+    # A read task's output is buffered into blocks of up to 128 MiB, so a file of short documents arrives as one
+    # block, which one actor would score alone: cut the stream into batch-sized blocks that every actor can take.
+    dataset = dataset.repartition(target_num_rows_per_block=engine.batch_size)
     with warnings.catch_warnings():  # Ray deprecates these keywords but documents them as the way to set retries
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
         dataset = _score(dataset, spec, engine)

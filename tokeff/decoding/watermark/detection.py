@@ -57,5 +57,5 @@ def detect_texts(
     key: WatermarkKey, tokenizer, texts: list[str], alpha: float = 0.01, detector: TrainedDetector | None = None
 ) -> list[Detection]:
     """Re-tokenize each text with the key's tokenizer (no special tokens) and test it."""
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []  # one batched encode
     return detect_tokens(key, ids, alpha, detector)

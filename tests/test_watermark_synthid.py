@@ -204,3 +204,35 @@ def test_tournament_never_returns_negative_probabilities():
     assert (probs * (1 + g[..., 0] - (g[..., 0] * probs).sum())).min() < 0  # what the layer alone gives
     out = synthid.tournament(probs, g)
     assert (out >= 0).all() and out[0, 2] == 0 and torch.allclose(out[0, :2], torch.tensor([0.7, 0.3], dtype=out.dtype))
+
+
+def test_exact_null_equals_brute_force_over_every_table_shift_and_key_word():
+    """Each depth's sum over every shift of a small table, then every combination of the depths' shifts."""
+    import itertools
+
+    table = np.random.default_rng(0).integers(0, 2, size=16)
+    hashes = np.array([3, 19, 5, 3, 40, 7], dtype=np.uint64)  # 3 twice, 19 = 3 + 16: one class under this table
+    single = synthid.depth_null_pmf(hashes, table)
+    by_shift = np.zeros(len(hashes) + 1)
+    for shift in range(16):
+        by_shift[table[(hashes * synthid.MULTIPLIER + np.uint64(shift)) % np.uint64(16)].sum()] += 1 / 16
+    assert np.allclose(single, by_shift, atol=1e-12)
+    brute = np.zeros(3 * len(hashes) + 1)
+    for shifts in itertools.product(range(16), repeat=3):
+        total = sum(table[(hashes * synthid.MULTIPLIER + np.uint64(shift)) % np.uint64(16)].sum() for shift in shifts)
+        brute[total] += 1 / 16**3
+    assert np.allclose(synthid.power_pmf(single, 3), brute, atol=1e-12)
+
+
+@pytest.mark.parametrize("table_size", [16, 2**16])
+def test_exact_p_value_matches_random_keys_even_where_hashes_share_classes(lm, table_size):
+    """A 16-entry table puts many n-grams at one index; the exact tail must still be random keys' tail."""
+    key = make_key("synthid", lm.tokenizer, lm.spec, seed=11, depth=6, ngram_len=3, sampling_table_size=table_size)
+    tokens = np.random.default_rng(2).integers(0, 40, size=60)
+    score = key.rule.score([tokens])[0]
+    hashes = key.rule.fresh_ngram_hashes(tokens)
+    null_keys = np.random.default_rng(3).integers(0, 2**64, size=(40_000, 1, 6), dtype=np.uint64)
+    null = synthid.g_values_of_hashes(hashes[None, :], null_keys, key.rule.table).mean(axis=(1, 2))
+    tail = (null >= score.statistic - 1e-12).mean()
+    assert 0.005 < tail < 0.995 or table_size == 16  # a tail the comparison can resolve
+    assert abs(score.p_value - tail) <= 4 * np.sqrt(tail * (1 - tail) / len(null)) + 1e-4

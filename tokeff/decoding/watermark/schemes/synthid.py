@@ -7,8 +7,12 @@ CPU). Generation reweights the warped distribution with one tournament layer per
 processor's `update_scores`), skipping a context already seen in the text, as transformers does.
 
 Detection scores the mean (or depth-weighted mean) g-value over the text's n-grams whose context appears for the first
-time (a repeated context is one piece of evidence, not many), and its p-value is a Monte Carlo
-test against random keys on the same n-grams, so p >= 1 / (runs + 1). No detector is trained.
+time (a repeated context is one piece of evidence, not many). No detector is trained. The null is a
+text independent of the key, that is, a uniformly random key on the text's own n-grams. For the mean
+and a power-of-two table (transformers' default of 2**16) its p-value is exact: each depth's sum is a
+uniform choice among the table's cyclic shifts, and the depths' key words are independent. Otherwise
+(the weighted mean, or another table size) it is a Monte Carlo test against random keys on the same
+n-grams, so p >= 1 / (runs + 1).
 
 Where tokeff and transformers could differ, tokeff follows transformers: the tournament reweights
 the distribution after temperature/top-k/top-p (transformers appends its watermark processor
@@ -64,6 +68,32 @@ def first_context_ngrams(tokens: np.ndarray, ngram_len: int) -> np.ndarray:
     ngrams = np.lib.stride_tricks.sliding_window_view(np.asarray(tokens, dtype=np.int64), ngram_len)
     _, first = np.unique(ngrams[:, :-1], axis=0, return_index=True)
     return ngrams[np.sort(first)]
+
+
+def depth_null_pmf(hashes: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Distribution of one depth's g-value sum over the n-grams when its key word is uniformly random.
+
+    For a power-of-two table the index of n-gram hash h under key word k is (h*M + k*M + 1) mod size, and
+    k*M + 1 is uniform: every n-gram's index moves by the same uniform shift. So the depth's sum takes each
+    of the `size` values sum_h table[(h*M + shift) mod size] with equal probability, all computed at once
+    as one circular cross-correlation of the n-grams' index counts with the table.
+    """
+    size = len(table)
+    counts = np.bincount((hashes * MULTIPLIER % np.uint64(size)).astype(np.int64), minlength=size)
+    sums = np.fft.irfft(np.conj(np.fft.rfft(counts)) * np.fft.rfft(table.astype(float)), n=size)
+    return np.bincount(np.rint(sums).astype(np.int64), minlength=len(hashes) + 1) / size
+
+
+def power_pmf(pmf: np.ndarray, times: int) -> np.ndarray:
+    """The distribution of a sum of `times` independent draws from `pmf` (direct convolutions: exact tails)."""
+    result = np.ones(1)
+    while times:
+        if times & 1:
+            result = np.convolve(result, pmf)
+        times >>= 1
+        if times:
+            pmf = np.convolve(pmf, pmf)
+    return result
 
 
 def tournament(probs: torch.Tensor, g_values: torch.Tensor) -> torch.Tensor:
@@ -152,7 +182,8 @@ class SynthId(WatermarkScheme):
         Option("skip_first_ngram_calls", bool, False, "Leave the first ngram_len - 1 generated tokens unwatermarked."),
         # SynthID-Text's weighted mean weighs depth d by linspace(10, 1, depth), normalized to mean 1:
         # the first tournament layers move the distribution most
-        Option("statistic", str, "mean", "Score: mean g-value, or weighted_mean (early layers weigh more).",
+        Option("statistic", str, "mean", "Score: mean g-value (exact p-value for a power-of-two table), or "
+               "weighted_mean (early layers weigh more; Monte Carlo p-value over --runs random keys).",
                choices=("mean", "weighted_mean")),
         RUNS,
         MIN_TOKENS,
@@ -210,19 +241,29 @@ class SynthId(WatermarkScheme):
         return g_values_of_hashes(self.fresh_ngram_hashes(tokens), self.keys, self.table)
 
     def score(self, texts: Sequence[np.ndarray]) -> list[Score]:
-        runs, floor = self.key["runs"], 1.0 / (self.key["runs"] + 1)
+        size = len(self.table)
+        exact = self.key["statistic"] == "mean" and size & (size - 1) == 0
+        return [self._exact(tokens) if exact else self._monte_carlo(tokens) for tokens in texts]
+
+    def _exact(self, tokens: np.ndarray) -> Score:
+        hashes = self.fresh_ngram_hashes(tokens)
+        g = g_values_of_hashes(hashes, self.keys, self.table)
+        pmf = power_pmf(depth_null_pmf(hashes, self.table), len(self.keys))
+        # summed from the far end (smallest terms first); a tail below float's range is its smallest value
+        tiny = np.finfo(float).tiny
+        p_value = min(1.0, max(float(pmf[int(g.sum()):][::-1].sum()), tiny))
+        return Score(float(g.mean()), p_value, max(float(pmf[-1]), tiny), {"scored_ngrams": len(hashes)})
+
+    def _monte_carlo(self, tokens: np.ndarray) -> Score:
+        runs = self.key["runs"]
         weights = np.ones(len(self.keys))
         if self.key["statistic"] == "weighted_mean":
             weights = np.linspace(10, 1, len(self.keys))
             weights *= len(weights) / weights.sum()
-        results = []
-        for tokens in texts:
-            hashes = self.fresh_ngram_hashes(tokens)
-            observed = (g_values_of_hashes(hashes, self.keys, self.table) * weights).mean()
-            rng = np.random.default_rng(null_seed(self.key, tokens))
-            null_keys = rng.integers(0, 2**64, size=(runs, 1, len(self.keys)), dtype=np.uint64)
-            null = (g_values_of_hashes(hashes[None, :], null_keys, self.table) * weights).mean(axis=(1, 2))
-            exceed = int((null >= observed).sum())
-            results.append(Score(float(observed), (exceed + 1) / (runs + 1), floor,
-                                 {"scored_ngrams": len(hashes)}))
-        return results
+        hashes = self.fresh_ngram_hashes(tokens)
+        observed = (g_values_of_hashes(hashes, self.keys, self.table) * weights).mean()
+        rng = np.random.default_rng(null_seed(self.key, tokens))
+        null_keys = rng.integers(0, 2**64, size=(runs, 1, len(self.keys)), dtype=np.uint64)
+        null = (g_values_of_hashes(hashes[None, :], null_keys, self.table) * weights).mean(axis=(1, 2))
+        exceed = int((null >= observed).sum())
+        return Score(float(observed), (exceed + 1) / (runs + 1), 1.0 / (runs + 1), {"scored_ngrams": len(hashes)})

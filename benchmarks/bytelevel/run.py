@@ -33,6 +33,7 @@ from tokeff.core.weights import AUTO
 from tokeff.decoding.bytelevel import byte_bits_per_byte
 from tokeff.decoding.bytelevel import scoring
 from tokeff.decoding.bytelevel.scoring import ensemble_nll
+from tokeff.decoding.bytelevel.utf8 import partial_start
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "wikitext2-valid.txt"
@@ -92,7 +93,8 @@ def run(n_bytes: int, reference_bytes: int, start: int | None) -> dict:
         ensembles[name] = {"bpb": float(values.sum()) / (math.log(2) * len(data)), "ci": bootstrap(values),
                            f"minus_{best}_ci": bootstrap(values - nll[best])}
     slowest_token = max(rows[spec]["token_seconds"] for spec in MODELS)
-    reference_text, _ = held_out(reference_bytes, offset)
+    reference = data[:reference_bytes]
+    reference_text = reference[: partial_start(reference)].decode()  # the window's first bytes, whole characters
     incremental = byte_bits_per_byte([lms[MODELS[0]]], reference_text, context_bytes=2048, batched=False)
     batched = byte_bits_per_byte([lms[MODELS[0]]], reference_text, context_bytes=2048)
     return {

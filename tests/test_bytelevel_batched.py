@@ -10,7 +10,7 @@ from tokeff.core.models import load_model
 from tokeff.core.weights import AUTO, parse_weights
 from tokeff.decoding.bytelevel import ByteEnsemble, ByteLevelModel, byte_bits_per_byte
 from tokeff.decoding.bytelevel.batched import batched_byte_logprobs
-from tokeff.decoding.bytelevel.scoring import ensemble_nll, incremental_byte_logprobs, windows
+from tokeff.decoding.bytelevel.scoring import ensemble_logprobs, ensemble_nll, incremental_byte_logprobs, windows
 from tokeff.decoding.types import DecodeStats
 
 TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler in the mind to suffer\n  caf\u00e9 na\u00efve \U0001f600!\n"
@@ -48,14 +48,33 @@ def test_bpb_batched_and_incremental_agree(models):
     assert fast.segments == slow.segments == len(windows(TEXT.encode(), 50, 40))
 
 
-def test_auto_weights_bound_holds_exactly_on_random_text(models):
-    """Bayesian mixture: total bits <= best member's + log2(members), on random bytes, where the tiny models are bad."""
-    generator = torch.Generator().manual_seed(0)
-    text = bytes(torch.randint(32, 127, (150,), generator=generator).tolist()).decode()
-    result = byte_bits_per_byte([models["llama"], models["gemma"]], text, weights=AUTO, segment_bytes=64)
-    bits = result.byte_nll.sum(1) / math.log(2)
-    assert float(bits[-1]) <= float(bits[:-1].min()) + math.log2(2) + 1e-9
-    assert float(bits[-1]) >= float(bits[:-1].min()) - 1e-9  # and it is a mixture, not better than the sum of its parts
+def _random_text(seed: int, length: int) -> str:
+    """Printable ASCII with some multi-byte characters, drawn at random: text the tiny models know nothing about."""
+    generator = torch.Generator().manual_seed(seed)
+    alphabet = [chr(code) for code in range(32, 127)] + ["\n", "\u00e9", "\u4e2d", "\U0001f600"]
+    return "".join(alphabet[i] for i in torch.randint(0, len(alphabet), (length,), generator=generator).tolist())
+
+
+@pytest.mark.parametrize("seed, length, segment_bytes, context_bytes", [(0, 150, 64, 0), (1, 90, 40, 30), (2, 60, 200, 0)])
+def test_auto_weights_bound_holds_exactly_on_random_text(models, seed, length, segment_bytes, context_bytes):
+    """Bayesian mixture on random text, where the tiny models are bad: every next-byte distribution sums to one
+    over the 256 bytes + end, the text's probability is exactly the prior-weighted sum of the members' (the
+    oracle), so its total bits are at most the best member's + log2(members) and at least the best member's."""
+    text = _random_text(seed, length)
+    data = text.encode()
+    result = byte_bits_per_byte([models["llama"], models["gemma"]], text, weights=AUTO,
+                                segment_bytes=segment_bytes, context_bytes=context_bytes)
+    mixed = ensemble_logprobs(result.member_logprobs, data, AUTO)
+    assert mixed.shape == (len(data), 257)
+    torch.testing.assert_close(mixed.exp().sum(1), torch.ones(len(data), dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(-mixed[torch.arange(len(data)), list(data)], result.byte_nll[-1], atol=0, rtol=0)
+    member_nats = result.byte_nll[:-1].sum(1)
+    oracle = -torch.logsumexp(-member_nats + math.log(0.5), 0)
+    assert float(result.byte_nll[-1].sum()) == pytest.approx(float(oracle), abs=1e-8)
+    bits, member_bits = float(oracle) / math.log(2), member_nats / math.log(2)
+    assert float(result.bpb) * len(data) == pytest.approx(bits, abs=1e-8)
+    assert bits <= float(member_bits.min()) + math.log2(2) + 1e-9
+    assert bits >= float(member_bits.min()) - 1e-9  # a mixture: not better than its best member's whole-text probability
 
 
 def test_auto_beats_equal_weights_when_one_member_is_bad(models):

@@ -1,6 +1,6 @@
 """Byte-level bits per byte, batched, beside token-level `eval bpb` on the same held-out text.
 
-Held-out text: the last `--bytes` bytes of WikiText-2 validation (from a line start); nothing in
+Held-out text: `--bytes` bytes of WikiText-2 validation from a line start (`--offset`, default the file's end); nothing in
 tokeff is fitted or tuned on it. Per model, in the same run: token-level bits per byte (tokeff's
 `bits_per_byte`, 1,024-token windows, stride 512), byte-level bits per byte with the batched
 covering-tree scorer (2,048-byte windows after 2,048 bytes of context), and the seconds of each.
@@ -10,7 +10,7 @@ byte) runs on the first `--reference-bytes` bytes of the text beside the batched
 speed and to check that both give the same number. 95% intervals: block bootstrap over 256-byte
 blocks (1,000 resamples, seed 0), paired for differences.
 
-    python benchmarks/bytelevel/run.py [--bytes 16384] [--reference-bytes 512]
+    python benchmarks/bytelevel/run.py [--bytes 16384] [--reference-bytes 512] [--offset 600000]
 
 Writes docs/bytelevel.md, docs/bytelevel.json and docs/bytelevel.png.
 """
@@ -33,6 +33,7 @@ from tokeff.core.weights import AUTO
 from tokeff.decoding.bytelevel import byte_bits_per_byte
 from tokeff.decoding.bytelevel import scoring
 from tokeff.decoding.bytelevel.scoring import ensemble_nll
+from tokeff.decoding.bytelevel.utf8 import partial_start
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "wikitext2-valid.txt"
@@ -40,11 +41,15 @@ MODELS = ("smollm2-135m", "gemma3-270m")
 BLOCK = 256
 
 
-def held_out(count: int) -> tuple[str, int]:
-    """The last `count` bytes of WikiText-2 validation, from a line start, and their byte offset in the file."""
+def held_out(count: int, offset: int | None) -> tuple[str, int]:
+    """`count` bytes of WikiText-2 validation from the first line start at or after `offset` (None: the last
+    `count` bytes), cut back to a line end, and their byte offset in the file."""
     data = DATA.read_bytes()
-    start = data.index(b"\n", max(0, len(data) - count)) + 1
-    return data[start:].decode("utf-8"), start
+    start = data.index(b"\n", max(0, len(data) - count if offset is None else offset - 1)) + 1
+    end = min(len(data), start + count)
+    if end < len(data):
+        end = data.rindex(b"\n", start, end) + 1
+    return data[start:end].decode("utf-8"), start
 
 
 def bootstrap(nll: torch.Tensor, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -57,8 +62,8 @@ def bootstrap(nll: torch.Tensor, resamples: int = 1000, seed: int = 0) -> tuple[
     return low, high
 
 
-def run(n_bytes: int, reference_bytes: int) -> dict:
-    text, offset = held_out(n_bytes)
+def run(n_bytes: int, reference_bytes: int, start: int | None) -> dict:
+    text, offset = held_out(n_bytes, start)
     data = text.encode()
     lms = {spec: load_model(spec, device="cpu") for spec in MODELS}
     rows, nll, logprobs = {}, {}, []
@@ -88,7 +93,8 @@ def run(n_bytes: int, reference_bytes: int) -> dict:
         ensembles[name] = {"bpb": float(values.sum()) / (math.log(2) * len(data)), "ci": bootstrap(values),
                            f"minus_{best}_ci": bootstrap(values - nll[best])}
     slowest_token = max(rows[spec]["token_seconds"] for spec in MODELS)
-    reference_text, _ = held_out(reference_bytes)
+    reference = data[:reference_bytes]
+    reference_text = reference[: partial_start(reference)].decode()  # the window's first bytes, whole characters
     incremental = byte_bits_per_byte([lms[MODELS[0]]], reference_text, context_bytes=2048, batched=False)
     batched = byte_bits_per_byte([lms[MODELS[0]]], reference_text, context_bytes=2048)
     return {
@@ -111,8 +117,8 @@ def write_doc(report: dict, command: str, path: Path) -> None:
         "",
         f"Reproduce: `{command}` (CPU, shared 2-core machine).",
         "",
-        f"Held-out text: the last {report['bytes']:,} bytes of `wikitext2-valid.txt` (from byte {report['file_offset']:,}, "
-        "a line start; nothing is fitted or tuned on it). Token level: `tokeff eval bpb` (1,024-token windows, stride 512). "
+        f"Held-out text: {report['bytes']:,} bytes of `wikitext2-valid.txt` from byte {report['file_offset']:,} "
+        "(line start to line end; nothing is fitted or tuned on it). Token level: `tokeff eval bpb` (1,024-token windows, stride 512). "
         f"Byte level: `tokeff eval bpb --byte-level` / `-m A -m B` ({report['windows']} window(s) of up to 2,048 scored bytes, "
         "each after 2,048 bytes of context), the covering trees of each window scored in batched tree-attention passes. "
         "Intervals: 95%, block bootstrap over 256-byte blocks.",
@@ -139,7 +145,7 @@ def write_doc(report: dict, command: str, path: Path) -> None:
     ref = report["reference"]
     lines += [
         "",
-        f"Batched against the incremental reference (one model call per byte), {ref['model']}, the last {ref['bytes']:,} bytes: "
+        f"Batched against the incremental reference (one model call per byte), {ref['model']}, the first {ref['bytes']:,} bytes: "
         f"{ref['batched_bpb']:.5f} vs {ref['incremental_bpb']:.5f} bpb; {ref['batched_seconds']:.1f} s vs "
         f"{ref['incremental_seconds']:.1f} s ({ref['incremental_seconds'] / ref['batched_seconds']:.0f}x); "
         f"{ref['batched_calls_per_byte']:.4f} vs {ref['incremental_calls_per_byte']:.2f} model calls per byte.",
@@ -167,10 +173,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bytes", type=int, default=16384)
     parser.add_argument("--reference-bytes", type=int, default=512)
+    parser.add_argument("--offset", type=int, default=None, help="start at the first line at or after this byte (default: the file's end)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    report = run(args.bytes, args.reference_bytes)
-    command = f"python benchmarks/bytelevel/run.py --bytes {args.bytes} --reference-bytes {args.reference_bytes}"
+    report = run(args.bytes, args.reference_bytes, args.offset)
+    offset = "" if args.offset is None else f" --offset {args.offset}"
+    command = f"python benchmarks/bytelevel/run.py --bytes {args.bytes} --reference-bytes {args.reference_bytes}{offset}"
     docs = ROOT / "docs"
     (docs / "bytelevel.json").write_text(json.dumps({"command": command, **report}, indent=2))
     write_doc(report, command, docs / "bytelevel.md")

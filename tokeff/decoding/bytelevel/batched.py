@@ -9,9 +9,10 @@ ones. The trunk before the first scored byte is fed as a plain causal prompt.
 
 Each node's next-token log-probabilities are reduced at once to what the positions that use it
 need (the 258-bin scatter for the position at its end, the binned range of tokens that continue
-the text for later positions), so no vocabulary-sized row outlives its batch. The sums run in
-float64 probabilities: a node's distribution is normalized, so nothing overflows, and nothing a
-float32 model can give underflows.
+the text for later positions), so no vocabulary-sized row outlives its batch. One fused kernel
+(`tokeff/kernels/bin_probabilities.py`) reads the float32 logits in place and sums probabilities
+with float64 accumulators: a node's distribution is normalized, so nothing overflows, and nothing
+a float32 model can give underflows.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ from tokeff.decoding.bytelevel.vocab import END, N_BINS, ByteVocab
 from tokeff.decoding.runner import CachedRunner
 from tokeff.decoding.tree_attention import forward_masked
 from tokeff.decoding.types import DecodeStats
-
-_ROW_ELEMENTS = 1 << 24  # float64 elements per post-processing block (128 MiB)
+from tokeff.kernels.bin_probabilities import bin_probabilities
 
 
 @dataclass
@@ -99,50 +99,47 @@ def score_plan(lm: LoadedModel, plan: CoverPlan, stats: DecodeStats, batch_token
         by_node.setdefault(node, []).append(entry)
     sums = torch.zeros(len(plan.entries), N_BINS, dtype=torch.float64)
     edge = torch.zeros(n_nodes, dtype=torch.float64)  # log P(token of node | parent's sequence)
-    first_bin = vocab.first_bin
-    rows_per_block = max(1, _ROW_ELEMENTS // len(vocab))
+    whole_ids = torch.arange(len(vocab))
     for start in range(first, n_nodes, batch_tokens):
         stop = min(start + batch_tokens, n_nodes)
         logits = forward_masked(runner, plan.tokens[start:stop], depth[start:stop], ancestors[start:stop, :stop], depth[:stop])
-        for block in range(start, stop, rows_per_block):
-            nodes = range(block, min(block + rows_per_block, stop))
-            logp = torch.log_softmax(logits[block - start : nodes.stop - start].double().cpu(), dim=-1)
-            probs = logp.exp()
-            kids = [(node - block, token, kid) for node in nodes for token, kid in plan.children[node].items()]
-            if kids:
-                rows, cols, targets = zip(*kids)
-                edge[list(targets)] = logp[list(rows), list(cols)]
-            _reduce_rows(plan, vocab, nodes, probs, first_bin, by_node, sums)
+        entries, rows, starts, stops, ids, bins = _tasks(plan, vocab, range(start, stop), by_node, whole_ids)
+        device = logits.device
+        block_sums, log_norm = bin_probabilities(logits, rows.to(device), starts, stops, ids.to(device), bins.to(device), N_BINS)
+        sums[entries] = block_sums.cpu()
+        kids = [(node - start, token, kid) for node in range(start, stop) for token, kid in plan.children[node].items()]
+        if kids:
+            rows_, cols, targets = (torch.tensor(column) for column in zip(*kids))
+            edge[targets] = (logits[rows_, cols].double() - log_norm[rows_]).cpu()
     logp_node = torch.zeros(n_nodes, dtype=torch.float64)
     for node in range(first + 1, n_nodes):
         logp_node[node] = logp_node[plan.parents[node]] + edge[node]
     return _next_byte_logprobs(plan, sums, logp_node)
 
 
-def _reduce_rows(plan, vocab, nodes: range, probs, first_bin, by_node, sums) -> None:
-    """Each entry of these nodes: the node's next-token probabilities binned by the byte after text[m:n]."""
-    whole, ranged, ids, bins, owners = [], [], [], [], []
+def _tasks(plan: CoverPlan, vocab: ByteVocab, nodes: range, by_node: dict, whole_ids: torch.Tensor):
+    """The entries of these nodes as `bin_probabilities` segments: an entry at the end of its text reads the
+    whole vocabulary binned by first byte (segment 0); one behind it, the tokens that continue text[m:n]."""
+    entries, rows, starts, stops = [], [], [], []
+    ids, bins, offset = [whole_ids], [vocab.first_bin], len(whole_ids)
     for node in nodes:
         for entry in by_node.get(node, ()):
             index, m, _ = plan.entries[entry]
             n = plan.positions[index]
+            entries.append(entry)
+            rows.append(node - nodes.start)
             if m == n:
-                whole.append((entry, node - nodes.start))
+                starts.append(0)
+                stops.append(len(whole_ids))
             else:
                 token_ids, token_bins = vocab.next_bins(plan.text[m:n])
                 ids.append(token_ids)
                 bins.append(token_bins)
-                owners.append(torch.full((len(token_ids),), len(ranged), dtype=torch.long))
-                ranged.append((entry, node - nodes.start))
-    if whole:
-        entries, rows = zip(*whole)
-        sums[list(entries)] = torch.zeros(len(rows), N_BINS, dtype=torch.float64).index_add_(1, first_bin, probs[list(rows)])
-    if ranged:
-        entries, rows = zip(*ranged)
-        owner = torch.cat(owners)
-        values = probs[torch.tensor(rows)[owner], torch.cat(ids)]
-        flat = torch.zeros(len(ranged) * N_BINS, dtype=torch.float64).index_add_(0, owner * N_BINS + torch.cat(bins), values)
-        sums[list(entries)] = flat.view(len(ranged), N_BINS)
+                starts.append(offset)
+                offset += len(token_ids)
+                stops.append(offset)
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
+    return entries, as_tensor(rows), as_tensor(starts), as_tensor(stops), torch.cat(ids), torch.cat(bins)
 
 
 def _next_byte_logprobs(plan: CoverPlan, sums: torch.Tensor, logp_node: torch.Tensor) -> torch.Tensor:

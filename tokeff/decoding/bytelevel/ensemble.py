@@ -8,7 +8,9 @@ renormalizes (a product of experts: sharper, rewards agreement). Weights are nor
 `--weight auto` is the Bayesian mixture: each byte's weights are the members' posteriors given
 the bytes so far (prior equal). The mixture's probability of a text is then the prior-weighted
 sum of the members' probabilities of it, so its total bits are at most the best member's plus
-log2(members), on any text.
+log2(members), on any text. By the same identity they are never below the best member's: an
+average of the members' probabilities of a text is at most the largest. `auto` tracks the best
+member of a text; only a mixture whose weights may move back (e.g. fixed-share) can beat it.
 """
 
 from __future__ import annotations

@@ -104,15 +104,19 @@ def incremental_byte_logprobs(lm: LoadedModel, data: bytes, plan: list[Window], 
     return out
 
 
+def ensemble_logprobs(member_logprobs: torch.Tensor, data: bytes, weights: Weights = None, mode: str = "mix") -> torch.Tensor:
+    """The ensemble's next-byte log-probabilities [bytes, 257] before each byte of `data`, from the members'
+    [members, bytes, 257]. With AUTO, byte i's mixture weights are the members' posteriors given data[:i]."""
+    prior = torch.tensor(ensemble_weights(weights, len(member_logprobs), mode), dtype=torch.float64)
+    if weights != AUTO:
+        return combine(member_logprobs, prior, mode)
+    byte_logprobs = member_logprobs[:, torch.arange(len(data)), torch.tensor(list(data))]
+    return combine(member_logprobs, posterior(prior.log(), byte_logprobs)[:, :-1].exp(), mode)
+
+
 def ensemble_nll(member_logprobs: torch.Tensor, data: bytes, weights: Weights = None, mode: str = "mix") -> torch.Tensor:
     """Negative log-likelihood (nats) of every byte under the ensemble of members' [members, bytes, 257] log-probabilities."""
-    prior = torch.tensor(ensemble_weights(weights, len(member_logprobs), mode), dtype=torch.float64)
-    targets = torch.tensor(list(data))
-    if weights == AUTO:
-        byte_logprobs = member_logprobs[:, torch.arange(len(data)), targets]
-        log_weights = posterior(prior.log(), byte_logprobs)[:, :-1]
-        return -torch.logsumexp(byte_logprobs + log_weights, dim=0)
-    return -combine(member_logprobs, prior, mode)[torch.arange(len(data)), targets]
+    return -ensemble_logprobs(member_logprobs, data, weights, mode)[torch.arange(len(data)), torch.tensor(list(data))]
 
 
 def byte_bits_per_byte(

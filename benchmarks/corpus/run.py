@@ -208,7 +208,7 @@ Start Ray on the head node and join each worker node, then point the same comman
 ray start --head --port 6379                 # on the head node
 ray start --address HEAD_IP:6379             # on every other node
 tokeff watermark detect --key KEY 'data/*.parquet' -o detections.parquet \\
-    --engine ray --address HEAD_IP:6379 --workers 32 --batch-size 256
+    --engine ray --address HEAD_IP:6379 --workers 32 --batch-size 1024
 ```
 
 Every path (corpus files, key, model folder, output) must be readable at the same path on every
@@ -226,7 +226,9 @@ tokeff eval bpb -m MODEL 'data/*.jsonl' -o bpb.parquet --engine ray --address HE
     --workers 8 --gpus-per-worker 1 --device cuda --dtype bfloat16 --batch-size 64
 ```
 
-`--batch-size` documents go to an actor at a time; eval bpb packs their windows several to a model
+`--batch-size` documents go to an actor at a time. Ray pays a fixed cost per batch (a task on an actor, its
+blocks through the object store), so watermark detection, which scores a document in about a millisecond,
+wants batches of a thousand or so. eval bpb packs their windows several to a model
 call (right-padded, up to the context's tokens per call), which is where a GPU earns its keep on
 short documents. Watermark detection needs no model, only the key and the tokenizer: it runs on
 CPUs (`--gpus-per-worker 0`, the default).
@@ -238,7 +240,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=20_000)
     parser.add_argument("--bpb-docs", type=int, default=2_000)
     parser.add_argument("--generated", type=int, default=64, help="distinct watermarked texts generated")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per job")
     parser.add_argument("--parts", default="detect,bpb",
                         help="the parts to measure; the others are kept from --docs-out's corpus.json")

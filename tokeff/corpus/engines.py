@@ -49,12 +49,17 @@ def run_job(spec: JobSpec, sources: list[Path], output: Path, reader: ReaderOpti
     else:
         from tokeff.corpus.ray_engine import ray_batches as batches
     total_bytes = sum(path.stat().st_size for path in files)
-    startup = None  # (seconds, documents) when the first scored batch arrived: engine start-up, model or key loads
+    # Start-up (the engine, the model or key loaded in each worker) ends when as many batches as workers have
+    # arrived, each worker's first when they start together: (seconds, documents) then. Ending it at the first
+    # batch would count the other workers' first batches, scored during start-up, as steady work.
+    startup, arrived, starting = None, 0, engine.workers if engine.engine == "ray" else 1
     with console.progress() as bar:
         task = bar.add_task("documents", total=total_bytes, docs=writer.resumed_rows)
         for table in batches(spec, files, reader, dict(writer.done), engine):
             writer.write(table)
-            startup = startup or (time.perf_counter() - started, table.num_rows)
+            arrived += table.num_rows
+            starting -= 1
+            startup = startup or (None if starting > 0 else (time.perf_counter() - started, arrived))
             bar.update(task, advance=sum(table.column("bytes").to_pylist()), docs=bar.tasks[task].fields["docs"] + table.num_rows)
     summary: Summary = writer.finish()
     seconds = time.perf_counter() - started

@@ -29,8 +29,11 @@ from tokeff.core.scoring import adds_bos
 from tokeff.core.models import load_model, load_tokenizer
 from tokeff.core.resolve import model_folder
 from tokeff.surgery.transplant.checkpoint import Checkpoint, EmbeddingLayout, embedding_layout
-from tokeff.surgery.transplant.estimators import ESTIMATORS, Combination, Estimator, estimate
+from tokeff.surgery.transplant.estimators import ESTIMATORS, Combination, Estimator, estimate, row_mean
 from tokeff.surgery.transplant.vocab import VocabMatch, match_vocabularies, parse_maps, same_vocabulary, special_roles
+
+_REBUILD_FLOATS = 1 << 26
+
 
 @dataclass
 class TransplantOptions:
@@ -188,13 +191,21 @@ def _padded(count: int, multiple: int) -> int:
 @torch.inference_mode()
 def _rebuild(matrix: torch.Tensor, match: VocabMatch, combination: Combination, rows: int) -> torch.Tensor:
     """The donor-indexed matrix: copied rows, estimated rows, zero padding up to `rows`."""
-    out = matrix.new_zeros(rows, matrix.shape[1])
-    known = np.flatnonzero(match.base_row >= 0)
-    out[torch.from_numpy(known)] = matrix[torch.from_numpy(match.base_row[known])]
+    hidden = matrix.shape[1]
+    out = matrix.new_zeros(rows, hidden)
+    known = torch.from_numpy(np.flatnonzero(match.base_row >= 0))
+    source = torch.from_numpy(match.base_row)[known]
+    for start in range(0, len(known), _REBUILD_FLOATS // hidden):  # gathered copies of bounded size
+        part = slice(start, start + _REBUILD_FLOATS // hidden)
+        out[known[part]] = matrix[source[part]]
     estimated = torch.from_numpy(match.estimated_ids)
-    for start in range(0, len(estimated), 16384):  # bounded temporaries on 262k-token vocabularies
-        rows = slice(start, start + 16384)
-        out[estimated[rows]] = combination[rows].apply(matrix).to(matrix.dtype)
+    mean = row_mean(matrix)
+    # Each batch upcasts the base rows it refers to (up to width per estimate) and its output rows:
+    # about _REBUILD_FLOATS float32 values (256 MiB) whatever the vocabulary and hidden size.
+    batch = max(1, _REBUILD_FLOATS // (hidden * (combination.indices.shape[1] + 1)))
+    for start in range(0, len(estimated), batch):
+        part = slice(start, start + batch)
+        out[estimated[part]] = combination[part].apply(matrix, mean).to(matrix.dtype)
     return out
 
 

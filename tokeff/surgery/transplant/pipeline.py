@@ -85,7 +85,7 @@ def transplant(base: str, donor: str, out: Path, options: TransplantOptions, for
     del donor_embeddings
     bos_added = _keep_base_bos(base_tokenizer, donor_tokenizer, match)
     replacements = {name: _rebuild(checkpoint.read(name), match, combination, rows) for name in layout.names}
-    new_scale = _scale_output_rows(base, replacements, layout, match, donor_tokenizer, options, device)
+    new_scale = _scale_output_rows(base, base_tokenizer, replacements, layout, match, donor_tokenizer, options, device)
     healing = _heal(base, replacements, layout, match, donor_tokenizer, heal_text, options, device) if options.heal else None
 
     parameters = {
@@ -210,8 +210,8 @@ def _rebuild(matrix: torch.Tensor, match: VocabMatch, combination: Combination, 
 
 
 @torch.inference_mode()
-def _scale_output_rows(base: str, replacements: dict[str, torch.Tensor], layout: EmbeddingLayout, match: VocabMatch, tokenizer,
-                       options: TransplantOptions, device: torch.device) -> dict | None:
+def _scale_output_rows(base: str, base_tokenizer, replacements: dict[str, torch.Tensor], layout: EmbeddingLayout, match: VocabMatch,
+                       tokenizer, options: TransplantOptions, device: torch.device) -> dict | None:
     """Multiply the estimated output rows (with tied embeddings: the input rows too) by --new-scale,
     choosing it first when it is auto. None when there is nothing to scale."""
     if options.method == "zero" or len(match.estimated_ids) == 0:
@@ -222,9 +222,11 @@ def _scale_output_rows(base: str, replacements: dict[str, torch.Tensor], layout:
         from tokeff.core.textio import read_text
         from tokeff.surgery.transplant import scale
 
-        # In the checkpoint's own dtype: "auto" would upcast a bf16 model to float32 on the CPU.
+        # In the checkpoint's own dtype: "auto" would upcast a bf16 model to float32 on the CPU; and
+        # with its layers read from their shards one at a time: the whole base model is never in memory.
         dtype = str(replacements[layout.embed].dtype).removeprefix("torch.")
-        base_lm = load_model(base, device=str(device), dtype=dtype if dtype in DTYPE_NAMES else "auto")
+        base_lm = load_model(base, device=str(device), dtype=dtype if dtype in DTYPE_NAMES else "auto",
+                             tokenizer=base_tokenizer, stream_layers=True)
         if options.tune_text is None:
             documents, source = scale.sampled_documents(base_lm), f"sampled from {base}"
         else:

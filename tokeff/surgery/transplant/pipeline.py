@@ -32,7 +32,7 @@ from tokeff.surgery.transplant.checkpoint import Checkpoint, EmbeddingLayout, em
 from tokeff.surgery.transplant.estimators import ESTIMATORS, Combination, Estimator, estimate, row_mean
 from tokeff.surgery.transplant.vocab import VocabMatch, match_vocabularies, parse_maps, same_vocabulary, special_roles
 
-_REBUILD_FLOATS = 1 << 26
+_REBUILD_FLOATS = 1 << 26  # float32 values a rebuild batch may upcast (256 MiB)
 
 
 @dataclass

@@ -94,22 +94,57 @@ class LoadedModel:
 
 
 def load_model(
-    spec: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False
+    spec: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
+    tokenizer: PreTrainedTokenizerBase | None = None, stream_layers: bool = False,
 ) -> LoadedModel:
+    """`tokenizer`: one already loaded from `spec` (a 128k-token tokenizer is hundreds of MiB).
+    `stream_layers` (CPU only): the decoder layers stay in their safetensors files and each forward
+    pass reads them one at a time (accelerate's disk offload), so the model holds only its other weights."""
     folder = model_folder(spec)
     from transformers import AutoModelForCausalLM
 
     torch_device = resolve_device(device)
-    tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code, folder=folder)
+    tokenizer = tokenizer or load_tokenizer(spec, trust_remote_code=trust_remote_code, folder=folder)
+    placement = {"device_map": _layers_on_disk(folder, trust_remote_code)} if stream_layers and torch_device.type == "cpu" else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=resolve_dtype(dtype, torch_device), trust_remote_code=trust_remote_code
+            folder, dtype=resolve_dtype(dtype, torch_device), trust_remote_code=trust_remote_code, **placement
         )
     except ValueError as exc:
         raise TokeffError(f"{spec}: cannot load as a causal LM ({first_line(exc)})") from None
     except OSError as exc:
         raise TokeffError(f"{spec}: cannot read model weights ({first_line(exc)})") from None
-    return LoadedModel(model=model.to(torch_device).eval(), tokenizer=tokenizer, spec=spec, folder=folder)
+    model = model if placement else model.to(torch_device)  # a dispatched model must keep its hooks' devices
+    return LoadedModel(model=model.eval(), tokenizer=tokenizer, spec=spec, folder=folder)
+
+
+def _layers_on_disk(folder: Path, trust_remote_code: bool) -> dict[str, str]:
+    """A device map with every block of the decoder's layer list on "disk" and every other module on the CPU.
+
+    The layer list is the model's largest `ModuleList` (by parameters), found on an empty (meta) copy."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    lists = {name: module for name, module in empty.named_modules() if isinstance(module, torch.nn.ModuleList)}
+    layers = max(lists, key=lambda name: sum(p.numel() for p in lists[name].parameters()))
+
+    def placed(module: torch.nn.Module, prefix: str) -> dict[str, str]:
+        out = {}
+        for name, child in module.named_children():
+            path = prefix + name
+            if path == layers:
+                out |= {f"{path}.{i}": "disk" for i in range(len(child))}
+            elif layers.startswith(path + "."):
+                out |= placed(child, path + ".")
+            else:
+                out[path] = "cpu"
+        return out
+
+    return placed(empty, "")
 
 
 def load_tokenizer(

@@ -29,8 +29,11 @@ from tokeff.core.scoring import adds_bos
 from tokeff.core.models import load_model, load_tokenizer
 from tokeff.core.resolve import model_folder
 from tokeff.surgery.transplant.checkpoint import Checkpoint, EmbeddingLayout, embedding_layout
-from tokeff.surgery.transplant.estimators import ESTIMATORS, Combination, Estimator, estimate
+from tokeff.surgery.transplant.estimators import ESTIMATORS, Combination, Estimator, estimate, row_mean
 from tokeff.surgery.transplant.vocab import VocabMatch, match_vocabularies, parse_maps, same_vocabulary, special_roles
+
+_REBUILD_FLOATS = 1 << 26  # float32 values a rebuild batch may upcast (256 MiB)
+
 
 @dataclass
 class TransplantOptions:
@@ -82,7 +85,7 @@ def transplant(base: str, donor: str, out: Path, options: TransplantOptions, for
     del donor_embeddings
     bos_added = _keep_base_bos(base_tokenizer, donor_tokenizer, match)
     replacements = {name: _rebuild(checkpoint.read(name), match, combination, rows) for name in layout.names}
-    new_scale = _scale_output_rows(base, replacements, layout, match, donor_tokenizer, options, device)
+    new_scale = _scale_output_rows(base, base_tokenizer, replacements, layout, match, donor_tokenizer, options, device)
     healing = _heal(base, replacements, layout, match, donor_tokenizer, heal_text, options, device) if options.heal else None
 
     parameters = {
@@ -188,19 +191,27 @@ def _padded(count: int, multiple: int) -> int:
 @torch.inference_mode()
 def _rebuild(matrix: torch.Tensor, match: VocabMatch, combination: Combination, rows: int) -> torch.Tensor:
     """The donor-indexed matrix: copied rows, estimated rows, zero padding up to `rows`."""
-    out = matrix.new_zeros(rows, matrix.shape[1])
-    known = np.flatnonzero(match.base_row >= 0)
-    out[torch.from_numpy(known)] = matrix[torch.from_numpy(match.base_row[known])]
+    hidden = matrix.shape[1]
+    out = matrix.new_zeros(rows, hidden)
+    known = torch.from_numpy(np.flatnonzero(match.base_row >= 0))
+    source = torch.from_numpy(match.base_row)[known]
+    for start in range(0, len(known), _REBUILD_FLOATS // hidden):  # gathered copies of bounded size
+        part = slice(start, start + _REBUILD_FLOATS // hidden)
+        out[known[part]] = matrix[source[part]]
     estimated = torch.from_numpy(match.estimated_ids)
-    for start in range(0, len(estimated), 16384):  # bounded temporaries on 262k-token vocabularies
-        rows = slice(start, start + 16384)
-        out[estimated[rows]] = combination[rows].apply(matrix).to(matrix.dtype)
+    mean = row_mean(matrix)
+    # Each batch upcasts the base rows it refers to (up to width per estimate) and its output rows:
+    # about _REBUILD_FLOATS float32 values (256 MiB) whatever the vocabulary and hidden size.
+    batch = max(1, _REBUILD_FLOATS // (hidden * (combination.indices.shape[1] + 1)))
+    for start in range(0, len(estimated), batch):
+        part = slice(start, start + batch)
+        out[estimated[part]] = combination[part].apply(matrix, mean).to(matrix.dtype)
     return out
 
 
 @torch.inference_mode()
-def _scale_output_rows(base: str, replacements: dict[str, torch.Tensor], layout: EmbeddingLayout, match: VocabMatch, tokenizer,
-                       options: TransplantOptions, device: torch.device) -> dict | None:
+def _scale_output_rows(base: str, base_tokenizer, replacements: dict[str, torch.Tensor], layout: EmbeddingLayout, match: VocabMatch,
+                       tokenizer, options: TransplantOptions, device: torch.device) -> dict | None:
     """Multiply the estimated output rows (with tied embeddings: the input rows too) by --new-scale,
     choosing it first when it is auto. None when there is nothing to scale."""
     if options.method == "zero" or len(match.estimated_ids) == 0:
@@ -211,9 +222,11 @@ def _scale_output_rows(base: str, replacements: dict[str, torch.Tensor], layout:
         from tokeff.core.textio import read_text
         from tokeff.surgery.transplant import scale
 
-        # In the checkpoint's own dtype: "auto" would upcast a bf16 model to float32 on the CPU.
+        # In the checkpoint's own dtype: "auto" would upcast a bf16 model to float32 on the CPU; and
+        # with its layers read from their shards one at a time: the whole base model is never in memory.
         dtype = str(replacements[layout.embed].dtype).removeprefix("torch.")
-        base_lm = load_model(base, device=str(device), dtype=dtype if dtype in DTYPE_NAMES else "auto")
+        base_lm = load_model(base, device=str(device), dtype=dtype if dtype in DTYPE_NAMES else "auto",
+                             tokenizer=base_tokenizer, stream_layers=True)
         if options.tune_text is None:
             documents, source = scale.sampled_documents(base_lm), f"sampled from {base}"
         else:

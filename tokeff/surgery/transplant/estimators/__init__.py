@@ -7,6 +7,6 @@ untied lm_head), so the expensive work is shared between them. Adding an estimat
 module here that registers a class with `@register`.
 """
 
-from tokeff.surgery.transplant.estimators.base import ESTIMATORS, Combination, Estimator, estimate, register
+from tokeff.surgery.transplant.estimators.base import ESTIMATORS, Combination, Estimator, estimate, register, row_mean
 
-__all__ = ["ESTIMATORS", "Combination", "Estimator", "estimate", "register"]
+__all__ = ["ESTIMATORS", "Combination", "Estimator", "estimate", "register", "row_mean"]

@@ -32,9 +32,9 @@ class Combination:
     weights: torch.Tensor
     mean_weight: torch.Tensor  # (B,)
 
-    def apply(self, matrix: torch.Tensor) -> torch.Tensor:
-        """Float32 rows. Only the rows this batch refers to are upcast: a float32 copy of a whole
-        bf16 embedding would double what the transplant holds."""
+    def apply(self, matrix: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """Float32 rows; `mean` is `row_mean(matrix)`. Only the rows this batch refers to are upcast:
+        a float32 copy of a whole bf16 embedding would double what the transplant holds."""
         batch, width = self.indices.shape
         used, local = self.indices.unique(return_inverse=True)
         rows = torch.arange(batch).repeat_interleave(width)
@@ -43,7 +43,7 @@ class Combination:
             check_invariants=False,  # indices are built here, always in range
         )
         dense = torch.sparse.mm(sparse, matrix[used].float())
-        return dense + self.mean_weight.float().unsqueeze(1) * matrix.mean(0, dtype=torch.float32)
+        return dense + self.mean_weight.float().unsqueeze(1) * mean
 
     def __getitem__(self, rows: slice | torch.Tensor) -> Combination:
         return Combination(self.indices[rows], self.weights[rows], self.mean_weight[rows])
@@ -73,6 +73,15 @@ class Combination:
             torch.cat([first.weights * first_weight, second.weights * (1 - first_weight)], dim=1),
             first.mean_weight * first_weight + second.mean_weight * (1 - first_weight),
         )
+
+
+def row_mean(matrix: torch.Tensor, block: int = 8192) -> torch.Tensor:
+    """The float32 mean row, summed `block` rows at a time: on the CPU `matrix.mean(0, dtype=torch.float32)`
+    first copies a bf16 matrix whole to float32 (1 GiB for a 128k x 2048 embedding)."""
+    total = torch.zeros(matrix.shape[1], dtype=torch.float32)
+    for start in range(0, matrix.shape[0], block):
+        total += matrix[start : start + block].sum(0, dtype=torch.float32)
+    return total / matrix.shape[0]
 
 
 class Estimator(ABC):

@@ -76,7 +76,8 @@ def run(args) -> None:
                     specs[f"uniform-{bits}"] = (recipe, bits, f"uniform:{bits}")
                     continue
                 folder = workdir / f"{name}-{recipe}-{bits}"
-                calibration, record = fit_calibration(acts, lm.rotary, bits, schemes=RECIPES[recipe])
+                calibration, record = fit_calibration(acts, lm.rotary, bits, schemes=RECIPES[recipe],
+                                                      residual=args.residual)
                 write_calibration(folder, lm, calibration, calibration_file, {"samples": args.samples}, record, force=True)
                 chosen[f"{recipe}-{bits}"] = {"keys": record["key_schemes_chosen"], "values": record["value_schemes_chosen"]}
                 specs[f"{recipe}-{bits}"] = (recipe, bits, str(folder))

@@ -188,7 +188,8 @@ def run_model(name: str, args, workdir: Path):
     artifacts, fit_s = {}, {}
     for bits in args.bits:
         started = time.perf_counter()
-        calibration, _ = fit_calibration(acts, lm.rotary, bits, settings={"fixed": {"outliers": args.outliers}})
+        calibration, _ = fit_calibration(acts, lm.rotary, bits, settings={"fixed": {"outliers": args.outliers}},
+                                         residual=args.residual)
         fit_s[bits] = time.perf_counter() - started
         artifacts[bits] = workdir / f"{name}-kv{bits}"
         params = {"outliers": args.outliers, "group": "layer", "samples": args.samples, "context": args.cal_context}

@@ -33,6 +33,8 @@ def calibrate(
         bool, typer.Option("--sensitivity/--no-sensitivity", help="Weight k-means by squared loss gradients (Fisher).")
     ] = True,
     seed: Annotated[int, typer.Option(help="Seed of the k-means subsample.")] = 0,
+    kv_residual: Annotated[int, typer.Option(
+        help="Recent tokens the cache will keep exact (its --kv-residual): not quantized when schemes are compared.")] = 128,
     loader: ModelArgs = ModelArgs(),
     force: Force = False,
     json: Json = False,
@@ -45,6 +47,8 @@ def calibrate(
     from tokeff.kvquant.calibrate import candidate_settings, parse_scheme_options
 
     check_bits(bits)
+    if kv_residual < 0:
+        raise TokeffError(f"--kv-residual must be >= 0, got {kv_residual}")
     names = [name.strip() for name in schemes.split(",")] if schemes else None
     settings = parse_scheme_options(scheme_option or [])
     candidate_settings(names, settings)  # bad names or options fail before the model loads
@@ -56,7 +60,8 @@ def calibrate(
 
     result = calibrate_artifact(
         loader.load(model), text, output, bits=bits, per_head=group == "head", samples=samples, context=context,
-        sensitivity=sensitivity, seed=seed, schemes=names, settings=settings, force=force,
+        sensitivity=sensitivity, seed=seed, schemes=names, settings=settings,
+        residual=kv_residual, force=force,
     )
     per_layer = ("key_selection", "value_selection")  # in the manifest; too long for a summary
     payload = {"output": str(output), "model": model, "bits": bits,

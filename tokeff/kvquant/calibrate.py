@@ -28,7 +28,7 @@ from tokeff.kvquant.collect import Activations, collect
 from tokeff.kvquant.fit import key_ranges
 from tokeff.kvquant.schemes import BASELINE, SCHEMES, FitContext, schemes_for
 from tokeff.kvquant.select import LayerAttention
-from tokeff.kvquant.spec import uniform_quantizers
+from tokeff.kvquant.spec import DEFAULT_RESIDUAL, uniform_quantizers
 
 MIN_CONTEXT = 16
 
@@ -50,10 +50,12 @@ def calibrate(
     seed: int = 0,
     schemes: Sequence[str] | None = None,
     settings: Mapping[str, Mapping[str, Any]] | None = None,
+    residual: int = DEFAULT_RESIDUAL,
 ) -> CalibrationResult:
     """Fit every candidate scheme on `samples` sequences of `context` tokens (the boundary token plus
     context - 1 tokens of text) and keep the best per layer; the next stretch of text, if any,
-    measures held-out error against the uniform recipe."""
+    measures held-out error against the uniform recipe. `residual`: the recent tokens the cache will
+    keep exact (`--kv-residual`), left unquantized when errors are measured."""
     check_bits(bits)
     if samples < 1:
         raise TokeffError(f"--samples must be >= 1, got {samples}")
@@ -70,11 +72,11 @@ def calibrate(
     prefix = prefix_token_id(lm)
     sequences = [[prefix] + ids[i * per : (i + 1) * per] for i in range(samples)]
     calibration, selection = fit_calibration(collect(lm, sequences, sensitivity), lm.rotary, bits, per_head, seed,
-                                             schemes, settings)
+                                             schemes, settings, residual)
     metrics = {"calibration_tokens": needed, "text_tokens": len(ids), **selection}
     heldout = ids[needed : needed + per]
     if len(heldout) >= 32:
-        metrics.update(heldout_errors(lm, calibration, [prefix] + heldout))
+        metrics.update(heldout_errors(lm, calibration, [prefix] + heldout, residual))
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     return CalibrationResult(calibration=calibration, metrics=metrics)
 
@@ -82,14 +84,15 @@ def calibrate(
 def calibrate_artifact(
     lm: LoadedModel, text: Path, out: Path, bits: int, per_head: bool = False, samples: int = 16, context: int = 512,
     sensitivity: bool = True, seed: int = 0, schemes: Sequence[str] | None = None,
-    settings: Mapping[str, Mapping[str, Any]] | None = None, force: bool = False,
+    settings: Mapping[str, Mapping[str, Any]] | None = None, residual: int = DEFAULT_RESIDUAL, force: bool = False,
 ) -> CalibrationResult:
     """`calibrate` on a UTF-8 file, written as a `kvquant` artifact with every setting in its manifest."""
     from tokeff.core.textio import read_text
 
-    result = calibrate(lm, read_text(text), bits, per_head, samples, context, sensitivity, seed, schemes, settings)
+    result = calibrate(lm, read_text(text), bits, per_head, samples, context, sensitivity, seed, schemes, settings,
+                       residual)
     parameters = {"group": "head" if per_head else "layer", "samples": samples, "context": context,
-                  "sensitivity": sensitivity, "seed": seed}
+                  "sensitivity": sensitivity, "seed": seed, "residual": residual}
     write_calibration(out, lm, result.calibration, text, parameters, result.metrics, force=force)
     return result
 
@@ -115,6 +118,7 @@ def candidate_settings(
 def fit_calibration(
     acts: Activations, rope: RotaryTables, bits: int, per_head: bool = False, seed: int = 0,
     schemes: Sequence[str] | None = None, settings: Mapping[str, Mapping[str, Any]] | None = None,
+    residual: int = 0,
 ) -> tuple[KVCalibration, dict[str, Any]]:
     """The calibration and the record of the choice: per layer, every candidate's attention-output error
     and bytes per token for keys and for values (`key_selection`, `value_selection`)."""
@@ -132,7 +136,8 @@ def fit_calibration(
         uniform = uniform_quantizers(1, bits, head_dim)[0]  # `--kv-quant uniform:B`: the byte budget
         baselines = {"keys": uniform.keys, "values": uniform.values}
         block = math.lcm(*(q.block for q in [*quantizers.values(), *baselines.values()]))
-        attention = LayerAttention(acts, layer, rope, min(k.shape[1] for k in acts.keys[layer]) // block * block)
+        attention = LayerAttention(acts, layer, rope, min(k.shape[1] for k in acts.keys[layer]) // block * block,
+                                   residual)
         if attention.tokens == 0:
             raise TokeffError(f"calibration sequences are shorter than a group of {block} tokens: raise --context")
         for tensor in ("keys", "values"):
@@ -191,7 +196,7 @@ def _stack(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([part.expand(rows, *part.shape[1:]) for part in parts])
 
 
-def heldout_errors(lm: LoadedModel, calibration: KVCalibration, sequence: list[int]) -> dict:
+def heldout_errors(lm: LoadedModel, calibration: KVCalibration, sequence: list[int], residual: int = 0) -> dict:
     """Relative attention-output error from quantized keys and from quantized values, averaged over
     layers, for the calibrated quantizers and for the uniform (KIVI) ones, on text not used to fit."""
     acts: Activations = collect(lm, [sequence], sensitivity=False)
@@ -200,7 +205,7 @@ def heldout_errors(lm: LoadedModel, calibration: KVCalibration, sequence: list[i
     errors = {"key_error": [], "value_error": [], "uniform_key_error": [], "uniform_value_error": []}
     for layer, (ours, kivi) in enumerate(zip(calibrated, uniform)):
         block = math.lcm(ours.block, kivi.block)
-        attention = LayerAttention(acts, layer, lm.rotary, acts.keys[layer][0].shape[1] // block * block)
+        attention = LayerAttention(acts, layer, lm.rotary, acts.keys[layer][0].shape[1] // block * block, residual)
         errors["key_error"].append(attention.key_error(ours.keys, ours.pre_rope))
         errors["value_error"].append(attention.value_error(ours.values))
         errors["uniform_key_error"].append(attention.key_error(kivi.keys, kivi.pre_rope))

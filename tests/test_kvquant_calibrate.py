@@ -32,7 +32,7 @@ def text_file(tmp_path_factory):
 def artifact(tiny_llama_dir, text_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("kv") / "llama-kv3"
     result = run_cli("kvquant", "calibrate", "-m", tiny_llama_dir, "--text", text_file, "-o", out, "--bits", 3,
-                    "--samples", 4, "--context", 64, "--group", "head", "--json", check=0)
+                    "--samples", 4, "--context", 64, "--group", "head", "--kv-residual", 8, "--json", check=0)
     return out, json.loads(result.stdout)
 
 

@@ -79,13 +79,12 @@ def calibrate(
 def list_schemes() -> None:
     """The quantization schemes calibration chooses from, with their options."""
     from tokeff.core.options import describe
-    from tokeff.kvquant.schemes import BASELINE, SCHEMES
+    from tokeff.kvquant.schemes import SCHEMES
 
     for name, scheme in SCHEMES.items():
-        mark = " (uniform:BITS)" if name in BASELINE.values() else ""
-        console.stdout.print(f"{name} [{scheme.tensor}]{mark}: {scheme.summary}")
+        console.stdout.print(f"{name} ({scheme.tensor}): {scheme.summary}", markup=False)
         if scheme.options:
-            console.stdout.print(describe(scheme.options))
+            console.stdout.print(describe(scheme.options), markup=False)
 
 
 @app.command("eval")

@@ -72,11 +72,12 @@ def test_eval_and_decode_use_the_quantized_cache(artifact, tiny_llama_dir, text_
                              "--kv-quant", artifact[0], "--kv-residual", 0, "--chunk", 4, check=0).stdout)
     assert ours["kv_quant"] == str(artifact[0]) and ours["chunk"] == 4 and ours["kv_residual"] == 0
     assert ours["tokens"] == plain.tokens and ours["bpb"] != plain.bpb and abs(ours["bpb"] - plain.bpb) < 0.1 * plain.bpb
-    args = ("decode", "-m", tiny_llama_dir, "--prompt", "To be, or not", "--max-new-tokens", 40, "--ignore-eos", "--json")
+    args = ("decode", "-m", tiny_llama_dir, "--prompt", "To be, or not", "--max-new-tokens", 120, "--ignore-eos", "--json")
     small = json.loads(run_cli(*args, "--kv-quant", artifact[0], "--kv-residual", 4, check=0).stdout)
     prompt = Prompt.from_text(lm, "To be, or not")
-    full = get_method("greedy")(lm, DecodeConfig(max_new_tokens=40, stop_at_eos=False)).generate(prompt)
-    assert small["tokens"] == 40 and 0 < small["peak_kv_bytes"] < full.stats.peak_kv_bytes / 2
+    full = get_method("greedy")(lm, DecodeConfig(max_new_tokens=120, stop_at_eos=False)).generate(prompt)
+    # 120 tokens: most fall in whole 32-token groups (the group schemes flush a group at a time)
+    assert small["tokens"] == 120 and 0 < small["peak_kv_bytes"] < full.stats.peak_kv_bytes / 2
 
 
 @pytest.mark.parametrize(

@@ -31,13 +31,17 @@ def lm(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def calibrated(tiny_llama_dir, tiny_gemma_dir):
-    """4-bit calibrations per tiny family (no sensitivity: fast): fixed key ranges, and ranges per group of 16 tokens."""
+    """4-bit calibrations per tiny family (no sensitivity: fast), each restricted to one key scheme: fixed
+    ranges (no outliers: with 16 channels one would cost more bytes than uniform:4), and ranges per group
+    of 32 tokens before RoPE (smaller groups would too)."""
     results = {}
     for folder in (tiny_llama_dir, tiny_gemma_dir):
         model = load_model(str(folder), device="cpu")
-        results[str(folder)] = calibrate(model, TEXT, bits=4, samples=4, context=64, sensitivity=False).calibration
-        results[f"{folder}:grouped"] = calibrate(model, TEXT, bits=4, samples=4, context=64, sensitivity=False,
-                                                 key_group=16).calibration
+        results[str(folder)] = calibrate(model, TEXT, bits=4, samples=4, context=64, sensitivity=False,
+                                         schemes=["fixed", "per-token-kmeans"],
+                                         settings={"fixed": {"outliers": 0.0}}).calibration
+        results[f"{folder}:grouped"] = calibrate(
+            model, TEXT, bits=4, samples=4, context=64, sensitivity=False, schemes=["pre-rope-kmeans", "per-token-kmeans"]).calibration
     return results
 
 

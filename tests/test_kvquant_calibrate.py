@@ -13,7 +13,7 @@ from tokeff.decoding.types import DecodeConfig, Prompt
 from tokeff.kvquant.quantizer import TensorQuantizer, uniform_codebook
 from tokeff.kvquant.calibrate import calibrate, fit_calibration
 from tokeff.kvquant.collect import collect
-from tokeff.kvquant.fit import fit_codebook, key_ranges, outliers_per_token
+from tokeff.kvquant.fit import fit_codebook, key_ranges
 
 import tiny_models
 from helpers import run_cli
@@ -32,7 +32,7 @@ def text_file(tmp_path_factory):
 def artifact(tiny_llama_dir, text_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("kv") / "llama-kv3"
     result = run_cli("kvquant", "calibrate", "-m", tiny_llama_dir, "--text", text_file, "-o", out, "--bits", 3,
-                    "--samples", 4, "--context", 64, "--group", "head", "--json", check=0)
+                    "--samples", 4, "--context", 64, "--group", "head", "--kv-residual", 8, "--json", check=0)
     return out, json.loads(result.stdout)
 
 
@@ -72,11 +72,12 @@ def test_eval_and_decode_use_the_quantized_cache(artifact, tiny_llama_dir, text_
                              "--kv-quant", artifact[0], "--kv-residual", 0, "--chunk", 4, check=0).stdout)
     assert ours["kv_quant"] == str(artifact[0]) and ours["chunk"] == 4 and ours["kv_residual"] == 0
     assert ours["tokens"] == plain.tokens and ours["bpb"] != plain.bpb and abs(ours["bpb"] - plain.bpb) < 0.1 * plain.bpb
-    args = ("decode", "-m", tiny_llama_dir, "--prompt", "To be, or not", "--max-new-tokens", 40, "--ignore-eos", "--json")
+    args = ("decode", "-m", tiny_llama_dir, "--prompt", "To be, or not", "--max-new-tokens", 120, "--ignore-eos", "--json")
     small = json.loads(run_cli(*args, "--kv-quant", artifact[0], "--kv-residual", 4, check=0).stdout)
     prompt = Prompt.from_text(lm, "To be, or not")
-    full = get_method("greedy")(lm, DecodeConfig(max_new_tokens=40, stop_at_eos=False)).generate(prompt)
-    assert small["tokens"] == 40 and 0 < small["peak_kv_bytes"] < full.stats.peak_kv_bytes / 2
+    full = get_method("greedy")(lm, DecodeConfig(max_new_tokens=120, stop_at_eos=False)).generate(prompt)
+    # 120 tokens: most fall in whole 32-token groups (the group schemes flush a group at a time)
+    assert small["tokens"] == 120 and 0 < small["peak_kv_bytes"] < full.stats.peak_kv_bytes / 2
 
 
 @pytest.mark.parametrize(
@@ -85,7 +86,9 @@ def test_eval_and_decode_use_the_quantized_cache(artifact, tiny_llama_dir, text_
         (["--bits", 5], "--bits must be one of 2, 3, 4"),
         (["--samples", 500], "calibration text has"),
         (["--group", "channel"], "--group must be 'layer' or 'head'"),
-        (["--outliers", 0.7], "--outliers is a fraction"),
+        (["--scheme-option", "fixed.outliers=0.7"], "--outliers must be a number in [0, 0.5)"),
+        (["--schemes", "kivi,nope"], "unknown KV quantization scheme 'nope'"),
+        (["--schemes", "kivi"], "no candidate scheme for values"),
     ],
 )
 def test_bad_calibration_input(tiny_llama_dir, text_file, tmp_path, extra, message):
@@ -125,19 +128,128 @@ def test_fitted_codebooks_beat_uniform_levels_and_follow_sensitivity(tiny_model_
         trial = TensorQuantizer(3, book, per_token=False, center=center, half=half)
         error[name] = (trial.roundtrip(keys[None]) - keys[None]).square().mean()
     assert error["fitted"] < error["uniform"]
-    calibration = fit_calibration(acts, bits=2, outliers=0.05, per_head=True)
-    assert calibration.key_codebook.shape == (lm.model.config.num_hidden_layers, keys.shape[0], 4)
-    assert calibration.key_outliers == outliers_per_token(0.05, keys.shape[-1]) >= 1
-    # ranges per group of 16 tokens: no key outliers, and the fitted levels beat even ones on keys normalized so
-    grouped = fit_calibration(acts, bits=2, outliers=0.05, per_head=False, key_group=16)
-    assert (grouped.key_group, grouped.key_outliers, grouped.value_outliers) == (16, 0, calibration.value_outliers)
-    cut = acts.stacked("keys", 0, group=16)
-    assert cut.shape[1] == 3 * 48  # each 63-token sample cut to whole groups
-    ours = grouped.quantizers()[0].keys
-    even = TensorQuantizer(2, uniform_codebook(2), per_token=False, group=16)
-    assert (ours.roundtrip(cut[None]) - cut).square().mean() < (even.roundtrip(cut[None]) - cut).square().mean()
-    with pytest.raises(TokeffError, match="--key-group"):
-        fit_calibration(acts, bits=2, outliers=0.0, per_head=False, key_group=-1)
+
+
+def _attention_error(acts, layer, rope, tokens, keys=None, values=None):
+    """Brute force: SDPA over sink + body per sample, one of keys/values replaced, relative squared change."""
+    import torch.nn.functional as F
+
+    change = norm = 0.0
+    for i, query in enumerate(acts.queries[layer]):
+        k_pre = torch.cat([acts.sink_keys[layer][i], acts.keys[layer][i][:, :tokens]], 1)[None]
+        exact_k = rope.rotate(k_pre, layer, 0)
+        exact_v = torch.cat([acts.sink_values[layer][i], acts.values[layer][i][:, :tokens]], 1)[None]
+        groups = query.shape[0] // exact_k.shape[1]
+        mask = acts.masks[layer][i][:tokens, : tokens + 1]
+
+        def attend(k, v):
+            return F.scaled_dot_product_attention(query[None, :, :tokens], k.repeat_interleave(groups, 1),
+                                                  v.repeat_interleave(groups, 1), attn_mask=mask,
+                                                  scale=acts.scaling[layer])
+
+        reference = attend(exact_k, exact_v)
+        k, v = exact_k.clone(), exact_v.clone()
+        if keys is not None:
+            k[:, :, 1:] = keys(k_pre[:, :, 1:], exact_k[:, :, 1:])
+        if values is not None:
+            v[:, :, 1:] = values(exact_v[:, :, 1:])
+        change += float((attend(k, v) - reference).square().sum())
+        norm += float(reference.square().sum())
+    return change / norm
+
+
+def test_each_layer_gets_the_least_error_scheme_within_uniforms_bytes(tiny_model_dir):
+    """The choice equals a brute force over every candidate: SDPA attention error, bytes of the packed codes."""
+    from tokeff.kvquant.schemes import SCHEMES, FitContext
+    from tokeff.kvquant.spec import uniform_quantizers
+
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    ids = lm.encode(TEXT)
+    acts = collect(lm, [ids[i * 96 : (i + 1) * 96] for i in range(3)], sensitivity=True)
+    rope, bits = lm.rotary, 3
+    # value outliers cost more bytes than uniform's per-token ranges: never a choice, however accurate
+    settings = {"per-token-kmeans": {"outliers": 0.1}}
+    calibration, record = fit_calibration(acts, rope, bits, settings=settings)
+    tokens = 95 // 32 * 32
+    head_dim = acts.keys[0][0].shape[-1]
+    uniform = uniform_quantizers(1, bits, head_dim)[0]
+    budget = {"keys": uniform.keys.quantize(acts.keys[0][0][None, :, :tokens]).nbytes / tokens,
+              "values": uniform.values.quantize(acts.values[0][0][None, :, :tokens]).nbytes / tokens}
+    seen = set()
+    for layer in range(len(acts.keys)):
+        for tensor in ("keys", "values"):
+            errors = {}
+            for name in SCHEMES.names():
+                scheme = SCHEMES.get(name)
+                if scheme.tensor != tensor:
+                    continue
+                options = scheme.settings(settings.get(name))
+                fitted = scheme.fit(FitContext(acts, layer, bits, False, layer), options)
+                q = scheme.quantizer(bits, fitted, options, head_dim)
+                x = (acts.keys if tensor == "keys" else acts.values)[layer][0][None, :, :tokens]
+                if q.quantize(x).nbytes / tokens > budget[tensor]:
+                    continue
+                if tensor == "values":
+                    errors[name] = _attention_error(acts, layer, rope, tokens, values=q.roundtrip)
+                elif scheme.pre_rope:
+                    errors[name] = _attention_error(acts, layer, rope, tokens,
+                                                    keys=lambda pre, post: rope.rotate(q.roundtrip(pre), layer, 1))
+                else:
+                    errors[name] = _attention_error(acts, layer, rope, tokens, keys=lambda pre, post: q.roundtrip(post))
+            row = record[f"{tensor[:-1]}_selection"][layer]
+            chosen = getattr(calibration, f"{tensor[:-1]}_schemes")[layer]
+            assert row["chosen"] == chosen == min(errors, key=errors.get)
+            for name, error in errors.items():
+                assert row[name]["error"] == pytest.approx(error, rel=1e-3)
+            assert row[chosen]["error"] <= row[{"keys": "kivi", "values": "per-token"}[tensor]]["error"]
+            if tensor == "values":
+                assert "per-token-kmeans" not in errors and row["per-token-kmeans"]["bytes_per_token"] > budget[tensor]
+            seen.add(chosen)
+    assert seen - {"kivi", "per-token"}  # the calibrated schemes do get chosen somewhere
+
+
+def test_a_calibration_that_chose_uniform_everywhere_is_uniform(tiny_model_dir, tmp_path):
+    """Its cache gives bit-identical logits to `--kv-quant uniform:B`."""
+    from tokeff.kvquant.artifact import write_calibration
+    from tokeff.kvquant.spec import kv_cache_factory
+
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    result = calibrate(lm, TEXT, bits=3, samples=3, context=64, sensitivity=False, schemes=["kivi", "per-token"])
+    assert set(result.calibration.key_schemes) == {"kivi"} and set(result.calibration.value_schemes) == {"per-token"}
+    text = tmp_path / "calibration.txt"
+    text.write_text(TEXT)
+    write_calibration(tmp_path / "kv", lm, result.calibration, text, {}, result.metrics)
+    ids = lm.encode(TEXT[-3000:])[:150]
+    logits = []
+    for spec in (str(tmp_path / "kv"), "uniform:3"):
+        cache = kv_cache_factory(spec, lm, residual=8, sinks=1)()
+        with torch.no_grad():
+            logits.append(torch.cat([lm.model(torch.tensor([ids[i : i + 5]]), past_key_values=cache,
+                                              use_cache=True).logits for i in range(0, len(ids), 5)], 1))
+        assert max(layer.packed_tokens for layer in cache.layers) >= 96  # most of the text was quantized
+    assert torch.equal(*logits)
+
+
+def test_the_manifest_records_the_choice_and_tampering_with_it_is_caught(artifact, tiny_llama_dir, text_file, tmp_path):
+    import shutil
+
+    out, payload = artifact
+    manifest = json.loads((out / "tokeff.json").read_text())
+    params, metrics = manifest["parameters"], manifest["metrics"]
+    layers = load_model(str(tiny_llama_dir), device="cpu").model.config.num_hidden_layers
+    assert params["key_schemes"] == [row["chosen"] for row in metrics["key_selection"]] and len(params["key_schemes"]) == layers
+    assert params["value_schemes"] == [row["chosen"] for row in metrics["value_selection"]]
+    assert set(params["scheme_settings"]) == set(params["key_schemes"]) | set(params["value_schemes"])
+    assert payload["key_schemes_chosen"] == {name: params["key_schemes"].count(name) for name in set(params["key_schemes"])}
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    edited = json.loads((copy / "tokeff.json").read_text())
+    flipped = "kivi" if params["key_schemes"][0] != "kivi" else "fixed"
+    edited["parameters"]["key_schemes"][0] = flipped
+    (copy / "tokeff.json").write_text(json.dumps(edited))
+    assert verify_artifact(copy)
+    result = run_cli("eval", "bpb", "-m", tiny_llama_dir, text_file, "--kv-quant", copy, "--max-bytes", 500)
+    assert result.returncode == 1 and "failed verification" in result.stderr
 
 
 def test_library_errors(tiny_llama_dir):
@@ -146,3 +258,42 @@ def test_library_errors(tiny_llama_dir):
         calibrate(lm, TEXT, bits=4, context=8)
     with pytest.raises(TokeffError, match="--samples must be"):
         calibrate(lm, TEXT, bits=4, samples=0)
+
+
+def test_the_residual_window_is_left_exact_when_errors_are_measured(tiny_llama_dir):
+    """Against a per-query brute force: query i sees body tokens j > i - residual exact, older ones quantized."""
+    import torch.nn.functional as F
+
+    from tokeff.kvquant.select import LayerAttention
+    from tokeff.kvquant.spec import uniform_quantizers
+
+    lm = load_model(str(tiny_llama_dir), device="cpu")
+    ids = lm.encode(TEXT)
+    acts = collect(lm, [ids[:65], ids[65:130]], sensitivity=False)
+    rope, layer, residual, n = lm.rotary, 1, 8, 64
+    quantizer = uniform_quantizers(1, 2, acts.keys[0][0].shape[-1])[0]
+    attention = LayerAttention(acts, layer, rope, n, residual)
+    change = norm = 0.0
+    for i, query in enumerate(acts.queries[layer]):
+        exact_k = rope.rotate(torch.cat([acts.sink_keys[layer][i], acts.keys[layer][i][:, :n]], 1)[None], layer, 0)
+        exact_v = torch.cat([acts.sink_values[layer][i], acts.values[layer][i][:, :n]], 1)[None]
+        quant_k, quant_v = exact_k.clone(), exact_v.clone()
+        quant_k[:, :, 1:] = quantizer.keys.roundtrip(exact_k[:, :, 1:])
+        quant_v[:, :, 1:] = quantizer.values.roundtrip(exact_v[:, :, 1:])
+        groups = query.shape[0] // exact_k.shape[1]
+        for t in range(n):
+            old = torch.arange(n + 1) - 1 <= t - residual
+            old[0] = False  # the sink
+            k = torch.where(old[:, None], quant_k, exact_k)[:, :, : t + 2].repeat_interleave(groups, 1)
+            v = torch.where(old[:, None], quant_v, exact_v)[:, :, : t + 2].repeat_interleave(groups, 1)
+            q = query[None, :, t : t + 1]
+            ref = F.scaled_dot_product_attention(q, exact_k[:, :, : t + 2].repeat_interleave(groups, 1),
+                                                 exact_v[:, :, : t + 2].repeat_interleave(groups, 1),
+                                                 scale=acts.scaling[layer])
+            out = F.scaled_dot_product_attention(q, k, v, scale=acts.scaling[layer])
+            change += float((out - ref).square().sum())
+            norm += float(ref.square().sum())
+    both = attention._error([attention._attend(i, quantizer.keys.roundtrip(k), quantizer.values.roundtrip(v))
+                             for i, (k, v) in enumerate(zip(attention.post_keys, attention.values))])
+    assert both == pytest.approx(change / norm, rel=1e-4) and both > 0
+    assert LayerAttention(acts, layer, rope, n, residual=n + 1).key_error(quantizer.keys, False) == 0

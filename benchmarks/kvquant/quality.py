@@ -3,11 +3,11 @@ bootstrap intervals (`tokeff kvquant eval`'s measure), and KV bytes per token, s
 
 - `uniform-B`: `--kv-quant uniform:B` (KIVI: keys per channel over groups of 32 tokens after RoPE,
   values per token, even levels, no calibration);
-- `calibrated-B`: `tokeff kvquant calibrate` (fixed per-channel key ranges before RoPE, 1% outliers,
-  Fisher-weighted k-means codebooks);
-- `grouped-B`: `tokeff kvquant calibrate --key-group 32 --outliers 0` (KIVI's key ranges per group of
-  32 tokens but before RoPE, Fisher-weighted k-means codebooks for keys and values, no outliers: the
-  same bytes as uniform-B).
+- `calibrated-B`: `tokeff kvquant calibrate` (per layer, for keys and for values, the candidate scheme
+  of `tokeff kvquant schemes` that changes attention output least on the calibration sequences, within
+  uniform-B's bytes per token; uniform-B's own schemes are candidates);
+- `grouped-B`: `tokeff kvquant calibrate --schemes pre-rope-kmeans,per-token-kmeans` (KIVI's key
+  ranges per group of 32 tokens but before RoPE, Fisher-weighted k-means codebooks, every layer).
 
 Calibration reads the first 400,000 bytes of wikitext2-valid.txt; evaluation starts at byte 600,000
 (never the same bytes) and takes at least --eval-tokens tokens. Results are written after every
@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "wikitext2-valid.txt"
 CALIBRATION_BYTES = 400_000
 EVALUATION_START = 600_000
-RECIPES = {  # name -> (key_group, outlier fraction) for calibrated recipes; uniform needs no calibration
-    "calibrated": (0, 0.01),
-    "grouped": (32, 0.0),
+RECIPES = {  # name -> candidate schemes of a calibrated recipe (None: all); uniform needs no calibration
+    "calibrated": None,
+    "grouped": ["pre-rope-kmeans", "per-token-kmeans"],
 }
 
 
@@ -69,23 +69,24 @@ def run(args) -> None:
         ids = lm.encode_plain(calibration_file.read_text())
         per, prefix = args.cal_context - 1, prefix_token_id(lm)
         acts = collect(lm, [[prefix] + ids[i * per : (i + 1) * per] for i in range(args.samples)], sensitivity=True)
-        specs = {}
+        specs, chosen = {}, {}
         for bits in args.bits:
             for recipe in args.recipes:
                 if recipe == "uniform":
                     specs[f"uniform-{bits}"] = (recipe, bits, f"uniform:{bits}")
                     continue
-                key_group, outliers = RECIPES[recipe]
                 folder = workdir / f"{name}-{recipe}-{bits}"
-                calibration = fit_calibration(acts, bits, outliers, per_head=False, key_group=key_group)
-                write_calibration(folder, lm, calibration, calibration_file,
-                                  {"key_group": key_group, "outliers": outliers, "samples": args.samples}, {}, force=True)
+                calibration, record = fit_calibration(acts, lm.rotary, bits, schemes=RECIPES[recipe],
+                                                      residual=args.residual)
+                write_calibration(folder, lm, calibration, calibration_file, {"samples": args.samples}, record, force=True)
+                chosen[f"{recipe}-{bits}"] = {"keys": record["key_schemes_chosen"], "values": record["value_schemes_chosen"]}
                 specs[f"{recipe}-{bits}"] = (recipe, bits, str(folder))
         del acts
         for label, (recipe, bits, spec) in specs.items():
             factory = kv_cache_factory(spec, lm, residual=args.residual, sinks=1)
             quality = kv_quality(lm, text, factory, context=args.context, chunk=args.chunk, segment=args.segment)
-            rows.append({"model": name, "cache": label, "recipe": recipe, "bits": bits, **quality.to_json()})
+            rows.append({"model": name, "cache": label, "recipe": recipe, "bits": bits, **quality.to_json(),
+                         **({"chosen": chosen[label]} if label in chosen else {})})
             print(f"{name} {label}: KL {quality.kl.value:.5f}, top-1 {quality.top1.value:.4f}, "
                   f"Δbpb {quality.delta_bpb.value:+.5f}, {quality.kv_bytes_per_token:,.0f} B/token, "
                   f"{quality.seconds:.0f} s", file=sys.stderr, flush=True)
@@ -109,9 +110,11 @@ def write(rows: list[dict], args, seconds: float) -> None:
         f"tokens. Calibration: {args.samples} sequences of {args.cal_context} tokens from the first {CALIBRATION_BYTES:,} "
         f"bytes of wikitext2-valid.txt; evaluation from byte {EVALUATION_START:,} on. KV bytes per token: the cache's "
         "bytes over the tokens it held at the end of each window, averaged (calibrated constants not counted).", "",
-        "Recipes: `uniform` = `--kv-quant uniform:B` (KIVI); `calibrated` = `tokeff kvquant calibrate` (fixed key "
-        "ranges before RoPE, 1% outliers); `grouped` = `tokeff kvquant calibrate --key-group 32 --outliers 0` "
-        "(key ranges per group of 32 tokens before RoPE, k-means codebooks, no outliers).", "",
+        "Recipes: `uniform` = `--kv-quant uniform:B` (KIVI); `calibrated` = `tokeff kvquant calibrate` (per layer, "
+        "for keys and for values, the scheme of `tokeff kvquant schemes` whose quantization changes the layer's "
+        "attention output least on the calibration sequences, within uniform's bytes per token; uniform's own "
+        "schemes are candidates); `grouped` = `tokeff kvquant calibrate --schemes pre-rope-kmeans,per-token-kmeans` "
+        "(key ranges per group of 32 tokens before RoPE, k-means codebooks, every layer).", "",
     ]
     for model in dict.fromkeys(row["model"] for row in rows):
         mine = [row for row in rows if row["model"] == model]
@@ -126,6 +129,12 @@ def write(rows: list[dict], args, seconds: float) -> None:
                 f"{top1['value']:.4f} [{top1['low']:.4f}, {top1['high']:.4f}] | "
                 f"{delta['value']:+.4f} [{delta['low']:+.4f}, {delta['high']:+.4f}] | {row['kv_bytes_per_token']:,.0f} |"
             )
+        lines.append("")
+        for row in mine:
+            if "chosen" in row:
+                picks = "; ".join(f"{tensor}: " + ", ".join(f"{name} x{count}" for name, count in row["chosen"][tensor].items())
+                                  for tensor in ("keys", "values"))
+                lines.append(f"- {row['cache']} chose, over the layers, {picks}.")
         lines.append("")
     lines += ["![KL divergence and Δ bits/byte against KV bytes per token](kvquant-quality.png)", ""]
     (docs / "kvquant-quality.md").write_text("\n".join(lines))

@@ -188,7 +188,8 @@ def run_model(name: str, args, workdir: Path):
     artifacts, fit_s = {}, {}
     for bits in args.bits:
         started = time.perf_counter()
-        calibration = fit_calibration(acts, bits, outliers=args.outliers, per_head=False)
+        calibration, _ = fit_calibration(acts, lm.rotary, bits, settings={"fixed": {"outliers": args.outliers}},
+                                         residual=args.residual)
         fit_s[bits] = time.perf_counter() - started
         artifacts[bits] = workdir / f"{name}-kv{bits}"
         params = {"outliers": args.outliers, "group": "layer", "samples": args.samples, "context": args.cal_context}
@@ -287,8 +288,9 @@ def write_markdown(results: list[dict], kernel: dict, args, command: str, total_
         "Setup, for each model:",
         "",
         f"- **Calibration**: {args.samples} sequences of {args.cal_context} tokens from the first "
-        f"{CALIBRATION_SLICE[1]:,} bytes of `wikitext2-valid.txt`, Fisher-weighted k-means, one codebook per layer, "
-        f"{args.outliers:.0%} outliers kept exact (per token), keys per channel before RoPE, values per token.",
+        f"{CALIBRATION_SLICE[1]:,} bytes of `wikitext2-valid.txt`; per layer, for keys and for values, the scheme "
+        "of `tokeff kvquant schemes` (KIVI's own, pre-RoPE group ranges with even or Fisher-weighted k-means levels, "
+        f"fixed ranges with {args.outliers:.0%} outliers) that changes attention output least within uniform's bytes.",
         f"- **Evaluation**: {args.eval_bytes:,} bytes of `wikitext2-valid.txt` from byte {EVALUATION_START:,} on "
         "(never the calibration bytes), scored in decode order: segments of "
         f"{args.context} tokens, each with a fresh cache and the boundary token, fed {args.chunk} tokens per model "

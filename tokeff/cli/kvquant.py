@@ -22,7 +22,10 @@ def calibrate(
     text: Annotated[Path, typer.Option("--text", help="UTF-8 calibration text.")],
     output: Output,
     bits: Annotated[int, typer.Option(help="Bits per key and value entry: 2, 3 or 4.")] = 4,
-    outliers: Annotated[float, typer.Option(help="Fraction of entries per token kept exact (dense-and-sparse).")] = 0.01,
+    schemes: Annotated[str | None, typer.Option(
+        help="Comma-separated candidate schemes (default: all; `tokeff kvquant schemes` lists them).")] = None,
+    scheme_option: Annotated[list[str] | None, typer.Option(
+        "--scheme-option", help="SCHEME.OPTION=VALUE, e.g. fixed.outliers=0.02; repeatable.")] = None,
     group: Annotated[str, typer.Option(help="One codebook per 'layer' or per 'head' (KV head).")] = "layer",
     samples: Annotated[int, typer.Option(help="Calibration sequences.")] = 16,
     context: Annotated[int, typer.Option(help="Tokens per calibration sequence.")] = 512,
@@ -30,19 +33,25 @@ def calibrate(
         bool, typer.Option("--sensitivity/--no-sensitivity", help="Weight k-means by squared loss gradients (Fisher).")
     ] = True,
     seed: Annotated[int, typer.Option(help="Seed of the k-means subsample.")] = 0,
-    key_group: Annotated[int, typer.Option(help="Key ranges per group of this many tokens (0: fixed calibrated ranges).")] = 0,
+    kv_residual: Annotated[int, typer.Option(
+        help="Recent tokens the cache will keep exact (its --kv-residual): not quantized when schemes are compared.")] = 128,
     loader: ModelArgs = ModelArgs(),
     force: Force = False,
     json: Json = False,
 ) -> None:
-    """Collect pre-RoPE keys and values on the text, fit key ranges, outliers and codebooks, write an artifact."""
+    """Collect keys, values and queries on the text, fit every candidate scheme and keep, per layer and
+    separately for keys and values, the one that changes attention least within uniform:BITS's bytes."""
     from tokeff.core.artifacts import check_output_path
     from tokeff.core.textio import read_text
-    from tokeff.kvquant import check_bits, check_key_group, check_outliers
+    from tokeff.kvquant import check_bits
+    from tokeff.kvquant.calibrate import candidate_settings, parse_scheme_options
 
     check_bits(bits)
-    check_outliers(outliers)
-    check_key_group(key_group)
+    if kv_residual < 0:
+        raise TokeffError(f"--kv-residual must be >= 0, got {kv_residual}")
+    names = [name.strip() for name in schemes.split(",")] if schemes else None
+    settings = parse_scheme_options(scheme_option or [])
+    candidate_settings(names, settings)  # bad names or options fail before the model loads
     if group not in ("layer", "head"):
         raise TokeffError(f"--group must be 'layer' or 'head', got '{group}'")
     check_output_path(output, force)
@@ -50,10 +59,13 @@ def calibrate(
     from tokeff.kvquant.calibrate import calibrate_artifact
 
     result = calibrate_artifact(
-        loader.load(model), text, output, bits=bits, outliers=outliers, per_head=group == "head", samples=samples,
-        context=context, sensitivity=sensitivity, seed=seed, key_group=key_group, force=force,
+        loader.load(model), text, output, bits=bits, per_head=group == "head", samples=samples, context=context,
+        sensitivity=sensitivity, seed=seed, schemes=names, settings=settings,
+        residual=kv_residual, force=force,
     )
-    payload = {"output": str(output), "model": model, "bits": bits, **result.metrics}
+    per_layer = ("key_selection", "value_selection")  # in the manifest; too long for a summary
+    payload = {"output": str(output), "model": model, "bits": bits,
+               **{k: v for k, v in result.metrics.items() if k not in per_layer}}
     if json:
         console.emit_json(payload)
         return
@@ -61,6 +73,18 @@ def calibrate(
     for key, value in payload.items():
         table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
     console.stdout.print(table)
+
+
+@app.command("schemes")
+def list_schemes() -> None:
+    """The quantization schemes calibration chooses from, with their options."""
+    from tokeff.core.options import describe
+    from tokeff.kvquant.schemes import SCHEMES
+
+    for name, scheme in SCHEMES.items():
+        console.stdout.print(f"{name} ({scheme.tensor}): {scheme.summary}", markup=False)
+        if scheme.options:
+            console.stdout.print(describe(scheme.options), markup=False)
 
 
 @app.command("eval")

@@ -23,39 +23,39 @@ _NAMES = ("key_center", "key_half", "key_codebook", "value_codebook")
 
 @dataclass
 class KVCalibration:
-    """Per layer: pre-RoPE key ranges [layers, kv_heads, head_dim] and codebooks [layers, 1 or kv_heads, 2**bits].
-
-    With `key_group` > 0, keys take per-channel ranges from each group of that many tokens (as KIVI,
-    but before RoPE) and the codebook is fitted to keys normalized that way; the fixed ranges are then
-    kept only as the record of what calibration saw (and for the artifact's shape checks)."""
+    """Per layer, the key and the value scheme calibration chose (names in `SCHEMES`) and their constants:
+    key ranges [layers, kv_heads, head_dim] (read by fixed-range schemes; for the others, the min/max
+    calibration saw, a record that keeps the artifact's shape checks) and codebooks [layers, 1 or kv_heads,
+    2**bits] (even levels for schemes that fit none). `settings` holds the options of each scheme used."""
 
     bits: int
     key_center: torch.Tensor
     key_half: torch.Tensor
     key_codebook: torch.Tensor
     value_codebook: torch.Tensor
-    key_outliers: int  # entries per token kept exact
-    value_outliers: int
-    key_group: int = 0
+    key_schemes: list[str]
+    value_schemes: list[str]
+    settings: dict[str, dict[str, Any]]
 
     def quantizers(self) -> list[KVQuantizer]:
-        return [
-            KVQuantizer(
-                keys=TensorQuantizer(
-                    self.bits, self.key_codebook[layer], per_token=False, group=self.key_group,
-                    **({} if self.key_group else {"center": self.key_center[layer], "half": self.key_half[layer]}),
-                    outliers=self.key_outliers,
-                ),
-                values=TensorQuantizer(self.bits, self.value_codebook[layer], per_token=True, outliers=self.value_outliers),
-                pre_rope=True,
-            )
-            for layer in range(self.key_center.shape[0])
-        ]
+        from tokeff.kvquant.schemes import SCHEMES, Fitted
+
+        head_dim = self.key_center.shape[-1]
+        layers = []
+        for layer, (key_name, value_name) in enumerate(zip(self.key_schemes, self.value_schemes)):
+            keys, values = SCHEMES.get(key_name), SCHEMES.get(value_name)
+            fitted_keys = Fitted(self.key_codebook[layer], self.key_center[layer], self.key_half[layer])
+            layers.append(KVQuantizer(
+                keys=keys.quantizer(self.bits, fitted_keys, self.settings[key_name], head_dim),
+                values=values.quantizer(self.bits, Fitted(self.value_codebook[layer]), self.settings[value_name], head_dim),
+                pre_rope=keys.pre_rope,
+            ))
+        return layers
 
     def save(self, writer: ArtifactWriter) -> None:
         writer.save_tensors(TENSOR_FILE, {name: getattr(self, name).float() for name in _NAMES})
-        writer.parameters.update(bits=self.bits, key_outliers_per_token=self.key_outliers,
-                                 value_outliers_per_token=self.value_outliers, key_group=self.key_group)
+        writer.parameters.update(bits=self.bits, key_schemes=list(self.key_schemes),
+                                 value_schemes=list(self.value_schemes), scheme_settings=self.settings)
 
 
 def load_calibration(path: Path | str, lm: LoadedModel) -> KVCalibration:
@@ -74,18 +74,43 @@ def load_calibration(path: Path | str, lm: LoadedModel) -> KVCalibration:
         )
     tensors = load_file(str(Path(path) / TENSOR_FILE))
     params = manifest.parameters
+    problems = _scheme_problems(params, tensors["key_center"].shape[0])
+    if problems:
+        raise TokeffError(f"{path}: {problems[0]}")
     calibration = KVCalibration(
-        bits=int(params["bits"]),
-        key_outliers=int(params["key_outliers_per_token"]),
-        value_outliers=int(params["value_outliers_per_token"]),
-        key_group=int(params.get("key_group", 0)),
-        **{name: tensors[name] for name in _NAMES},
+        bits=int(params["bits"]), key_schemes=params["key_schemes"], value_schemes=params["value_schemes"],
+        settings=params["scheme_settings"], **{name: tensors[name] for name in _NAMES},
     )
     config = lm.model.config.get_text_config(decoder=True)
     expected = (config.num_hidden_layers, config.num_key_value_heads, _head_dim(config))
     if tuple(calibration.key_center.shape) != expected:
         raise TokeffError(f"{path}: key ranges have shape {list(calibration.key_center.shape)}, the model needs {list(expected)}")
     return calibration
+
+
+def _scheme_problems(params: dict[str, Any], layers: int) -> list[str]:
+    """What is wrong with the manifest's per-layer schemes and their settings (nothing: [])."""
+    from tokeff.kvquant.schemes import SCHEMES
+
+    settings = params.get("scheme_settings")
+    if not isinstance(settings, dict):
+        return ["the manifest records no scheme settings (made by an older tokeff? calibrate it again)"]
+    problems = []
+    for tensor in ("keys", "values"):
+        names = params.get(f"{tensor[:-1]}_schemes")
+        if not isinstance(names, list) or len(names) != layers:
+            problems.append(f"{tensor[:-1]}_schemes must list one scheme per layer ({layers})")
+            continue
+        for name in dict.fromkeys(names):
+            try:
+                scheme = SCHEMES.get(name)
+                if scheme.tensor != tensor:
+                    problems.append(f"scheme '{name}' quantizes {scheme.tensor}, not {tensor}")
+                elif settings.get(name) != scheme.settings(settings.get(name)):
+                    problems.append(f"scheme '{name}' has settings {settings.get(name)}, not a full valid set")
+            except TokeffError as error:
+                problems.append(str(error))
+    return problems
 
 
 def _head_dim(config) -> int:
@@ -103,7 +128,7 @@ def check_artifact(path: Path, manifest: Manifest) -> list[str]:
     missing = [name for name in _NAMES if name not in tensors]
     if missing:
         return [f"{TENSOR_FILE} lacks {', '.join(missing)}"]
-    problems: list[str] = []
+    problems = _scheme_problems(manifest.parameters, tensors["key_center"].shape[0])
     bits = manifest.parameters.get("bits")
     center, half = tensors["key_center"], tensors["key_half"]
     if center.shape != half.shape or center.dim() != 3:

@@ -10,20 +10,23 @@ from tokeff.core.errors import TokeffError
 from tokeff.core.models import LoadedModel
 from tokeff.kvquant.attention import install as install_packed_attention
 from tokeff.kvquant.cache import QuantizedKVCache
-from tokeff.kvquant.quantizer import KVQuantizer, TensorQuantizer, uniform_codebook
+from tokeff.kvquant.quantizer import KVQuantizer, uniform_codebook
 from tokeff.kvquant import check_bits
 
-KIVI_GROUP = 32  # tokens sharing a per-channel key range, as in KIVI
 DEFAULT_RESIDUAL = 128
 DEFAULT_SINKS = 1
 
 
-def uniform_quantizers(n_layers: int, bits: int, group: int = KIVI_GROUP) -> list[KVQuantizer]:
-    book = uniform_codebook(bits)
+def uniform_quantizers(n_layers: int, bits: int, head_dim: int) -> list[KVQuantizer]:
+    """Every layer with the registry's KIVI schemes at their defaults (`schemes.BASELINE`), even levels."""
+    from tokeff.kvquant.schemes import BASELINE, SCHEMES, Fitted
+
+    keys, values = SCHEMES.get(BASELINE["keys"]), SCHEMES.get(BASELINE["values"])
+    fitted = Fitted(uniform_codebook(bits))
     layer = KVQuantizer(
-        keys=TensorQuantizer(bits, book, per_token=False, group=group),
-        values=TensorQuantizer(bits, book, per_token=True),
-        pre_rope=False,
+        keys=keys.quantizer(bits, fitted, keys.settings(), head_dim),
+        values=values.quantizer(bits, fitted, values.settings(), head_dim),
+        pre_rope=keys.pre_rope,
     )
     return [layer] * n_layers
 
@@ -45,7 +48,7 @@ def kv_cache_factory(
         kind, _, bits = spec.partition(":")
         if kind != "uniform" or not bits.isdigit():
             raise TokeffError(f"--kv-quant {spec}: expected uniform:BITS, e.g. uniform:4")
-        quantizers = uniform_quantizers(config.num_hidden_layers, check_bits(int(bits)))
+        quantizers = uniform_quantizers(config.num_hidden_layers, check_bits(int(bits)), head_dim)
         rope = None
     else:
         from tokeff.kvquant.artifact import load_calibration

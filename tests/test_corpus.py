@@ -199,3 +199,16 @@ def test_bpb_ray_matches_local(monkeypatch, ray_session, tiny_llama_dir, parquet
     code, stdout, _ = tokeff(*args, "-o", tmp_path / "ray.jsonl", "--engine", "ray", "--json")
     assert code == 0 and json.loads(stdout)["documents"] == 24
     assert rows(tmp_path / "ray.jsonl") == rows(tmp_path / "local.jsonl")
+
+
+@pytest.mark.parametrize("kind", ["detect-parquet", "bpb-jsonl"])
+def test_the_other_format_on_ray_matches_local(ray_session, key, tiny_llama_dir, jsonl_corpus, parquet_corpus, kind, tmp_path):
+    """With the two tests above, both commands read both formats on both engines."""
+    if kind == "detect-parquet":
+        args = ["watermark", "detect", "--key", key, parquet_corpus, "--field", "body", "--batch-size", 8]
+    else:
+        args = ["eval", "bpb", "-m", tiny_llama_dir, jsonl_corpus, "--id-field", "doc", "--context", 32, "--batch-size", 64]
+    tokeff(*args, "-o", tmp_path / "local.jsonl")
+    code, _, _ = tokeff(*args, "-o", tmp_path / "ray.jsonl", "--engine", "ray", "--json")
+    assert code == 0 and rows(tmp_path / "ray.jsonl") == rows(tmp_path / "local.jsonl") and len(rows(tmp_path / "ray.jsonl")) > 20
+

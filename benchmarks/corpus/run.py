@@ -157,8 +157,8 @@ def write_doc(results: dict, command: str, docs: Path) -> None:
                 "in an earlier run of the same command." if results.get("separate_runs") else ""), "",
              f"Machine: {os.cpu_count()} CPU cores (load average {results['load_average']:.1f} at the start). Every process computes on one thread "
              "(`OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1`: what a one-CPU Ray actor gets), so local and one Ray worker compute "
-             "alike. *Job s* is the command's own time (its summary's `seconds`), *start-up s* the part of it before the first "
-             "scored batch came back (for Ray: starting Ray, the actors, and the key or model loaded in each), and *after "
+             "alike. *Job s* is the command's own time (its summary's `seconds`), *start-up s* the part of it before as many "
+             "scored batches as workers came back (for Ray: starting Ray, the actors, and the key or model loaded in each), and *after "
              "start-up* the rate from then on, which is what a long job runs at.", "",
              f"## Watermark detection ({results['docs']:,} documents, kgw key on {MODEL})", "",
              f"Half the documents are {results['generated']} texts watermarked by `tokeff watermark generate` (120 tokens each), "

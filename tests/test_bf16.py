@@ -72,7 +72,7 @@ def test_decode_in_bf16(bf16_dir, linear_dtypes):
 
 def test_kvquant_calibrate_in_bf16(bf16_dir, text_file, tmp_path, linear_dtypes):
     result = run_cli("kvquant", "calibrate", "-m", bf16_dir, "--dtype", "bfloat16", "--text", text_file, "-o",
-                     tmp_path / "kv", "--bits", 3, "--samples", 2, "--context", 64, "--json", check=0)
+                     tmp_path / "kv", "--bits", 3, "--samples", 2, "--context", 64, "--kv-residual", 8, "--json", check=0)
     assert linear_dtypes == BF16
     assert 0 < json.loads(result.stdout)["key_error"] < 1
 

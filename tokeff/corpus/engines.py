@@ -52,14 +52,15 @@ def run_job(spec: JobSpec, sources: list[Path], output: Path, reader: ReaderOpti
     # Start-up (the engine, the model or key loaded in each worker) ends when as many batches as workers have
     # arrived, each worker's first when they start together: (seconds, documents) then. Ending it at the first
     # batch would count the other workers' first batches, scored during start-up, as steady work.
-    startup, arrived, starting = None, 0, engine.workers if engine.engine == "ray" else 1
+    startup, arrived, first_batches = None, 0, engine.workers if engine.engine == "ray" else 1
     with console.progress() as bar:
         task = bar.add_task("documents", total=total_bytes, docs=writer.resumed_rows)
         for table in batches(spec, files, reader, dict(writer.done), engine):
             writer.write(table)
             arrived += table.num_rows
-            starting -= 1
-            startup = startup or (None if starting > 0 else (time.perf_counter() - started, arrived))
+            first_batches -= 1
+            if first_batches == 0:
+                startup = (time.perf_counter() - started, arrived)
             bar.update(task, advance=sum(table.column("bytes").to_pylist()), docs=bar.tasks[task].fields["docs"] + table.num_rows)
     summary: Summary = writer.finish()
     seconds = time.perf_counter() - started

@@ -36,11 +36,12 @@ class LayerAttention:
         self.pre_keys = [k[None, :, :n] for k in acts.keys[layer]]
         self.post_keys = [self.rope.rotate(k, layer, 1) for k in self.pre_keys]
         self.values = [v[None, :, :n] for v in acts.values[layer]]
-        n, residual = self.tokens, self.residual
+        residual = self.residual
         # exact[i, j]: key column j (the sink first) stays full precision for query i (body token i)
         distance = torch.arange(n)[:, None] - torch.arange(-1, n)[None, :]
         self.exact = (distance < residual) | (torch.arange(n + 1) == 0)[None, :]
         self.reference = [self._attend(i, self.post_keys[i], self.values[i]) for i in range(len(self.values))]
+        self.reference_norm = max(sum(float(ref.square().sum()) for ref in self.reference), 1e-30)
 
     def _attend(self, sample: int, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Output [1, q_heads, tokens, dim] with quantized body `keys`/`values` where not `exact`."""
@@ -63,7 +64,7 @@ class LayerAttention:
 
     def _error(self, outputs: list[torch.Tensor]) -> float:
         change = sum(float((out - ref).square().sum()) for out, ref in zip(outputs, self.reference))
-        return change / max(sum(float(ref.square().sum()) for ref in self.reference), 1e-30)
+        return change / self.reference_norm  # the reference's norm, summed once per layer
 
     def key_error(self, quantizer: TensorQuantizer, pre_rope: bool) -> float:
         """Relative attention-output error with the body keys quantized (before or after RoPE)."""

@@ -18,7 +18,7 @@ from tokeff.decoding.watermark import evaluation
 from tokeff.decoding.watermark.detection import detect_texts, detect_tokens
 from tokeff.decoding.watermark.generation import chooser_factory, generate_texts
 from tokeff.decoding.watermark.schemes import kgw
-from tokeff.decoding.watermark.schemes.exp import ExpChooser
+from tokeff.decoding.watermark.samplers.exp import ExpChooser
 from tokeff.decoding.watermark.keys import check_vocabulary, load_key, make_key, save_key
 from tokeff.kernels.exp_sampling import exp_choice
 from tokeff.kernels.keyed_uniform import keyed_uniforms

@@ -14,6 +14,7 @@ from tokeff.decoding.types import DecodeConfig, Prompt
 from tokeff.decoding.watermark.detection import detect_tokens
 from tokeff.decoding.watermark.generation import chooser_factory, generate_texts
 from tokeff.decoding.watermark.keys import make_key
+from tokeff.decoding.watermark.samplers.synthid import tournament
 from tokeff.decoding.watermark.schemes import synthid
 
 from helpers import run_cli
@@ -202,7 +203,7 @@ def test_tournament_never_returns_negative_probabilities():
     probs = torch.tensor([[0.7, 0.3000001, 1e-9]], dtype=torch.float64)
     g = torch.tensor([[[1.0], [1.0], [0.0]]], dtype=torch.float64)
     assert (probs * (1 + g[..., 0] - (g[..., 0] * probs).sum())).min() < 0  # what the layer alone gives
-    out = synthid.tournament(probs, g)
+    out = tournament(probs, g)
     assert (out >= 0).all() and out[0, 2] == 0 and torch.allclose(out[0, :2], torch.tensor([0.7, 0.3], dtype=out.dtype))
 
 

@@ -118,12 +118,12 @@ def check_vocabulary(key: WatermarkKey, tokenizer, tokenizer_spec: str) -> None:
 
 def key_tokenizer(key: WatermarkKey, spec: str | None = None, trust_remote_code: bool = False):
     """The tokenizer texts are tested with: `spec`, else the key's model; refused if its vocabulary is not the key's."""
-    from tokeff.core.models import load_tokenizer
+    from tokeff.core.encoder import load_encoder
 
     spec = spec or key.model
     if not spec:
         raise TokeffError(f"{key.path}: the key names no model; pass --tokenizer")
-    tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
+    tokenizer = load_encoder(spec, trust_remote_code=trust_remote_code)
     check_vocabulary(key, tokenizer, spec)
     return tokenizer
 

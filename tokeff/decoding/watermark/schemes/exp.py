@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from transformers import LogitsProcessor
 
 from tokeff.core.errors import TokeffError
 from tokeff.core.options import Option
-from tokeff.decoding.sampling import TokenChooser
-from tokeff.decoding.types import DecodeConfig
 from tokeff.decoding.watermark.keys import WatermarkKey
 from tokeff.decoding.watermark.scheme import MIN_TOKENS, RUNS, SCHEMES, Score, WatermarkScheme, null_seed
 from tokeff.kernels.exp_alignment import TokenBatch, alignment_scores, null_alignment_scores
-from tokeff.kernels.exp_sampling import exp_choice
+
+if TYPE_CHECKING:
+    from transformers import LogitsProcessor
+
+    from tokeff.decoding.sampling import TokenChooser
+    from tokeff.decoding.types import DecodeConfig
 
 FIRST_CHUNK = 32  # null runs per text in the first round; each later round doubles
 
@@ -70,45 +71,6 @@ def check_sampling(config: DecodeConfig) -> None:
         raise TokeffError("the exp watermark samples: use --method sample (temperature > 0), not greedy decoding")
 
 
-class ExpChooser(TokenChooser):
-    """Exponential-minimum sampling at key position (offset + tokens generated so far) mod n."""
-
-    def __init__(self, config: DecodeConfig, key: WatermarkKey, offset: int) -> None:
-        check_sampling(config)
-        super().__init__(config)
-        self.key = key
-        self.offset = offset
-        self.prompt_length: int | None = None
-
-    def choose(self, logits: torch.Tensor, history: Sequence[int]) -> int:
-        if self.prompt_length is None:
-            self.prompt_length = len(history)
-        position = key_positions(self.key, self.offset, len(history) - self.prompt_length)
-        probs = self.distribution(logits).reshape(1, -1).numpy()
-        return int(exp_choice(probs, self.key.words[[position]])[0])
-
-    def sample(self, probs: torch.Tensor) -> int:
-        raise TokeffError("this decode method draws tokens without their position in the text, "
-                          "so it cannot carry a watermark; use --method sample")
-
-
-class ExpLogitsProcessor(LogitsProcessor):
-    """Batched `ExpChooser`: leaves only the exp-sampled token of each row (greedy decoding then takes it)."""
-
-    def __init__(self, key: WatermarkKey, config: DecodeConfig, offsets: np.ndarray, prompt_length: int) -> None:
-        self.key = key
-        self.warp = TokenChooser(config)
-        self.offsets = offsets
-        self.prompt_length = prompt_length
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        positions = key_positions(self.key, self.offsets, input_ids.shape[1] - self.prompt_length)
-        tokens = exp_choice(self.warp.distribution(scores).numpy(), self.key.words[positions])
-        chosen = torch.full_like(scores, -torch.inf)
-        chosen[torch.arange(len(tokens)), torch.from_numpy(tokens).to(scores.device)] = 0.0
-        return chosen
-
-
 @SCHEMES.register
 class Exp(WatermarkScheme):
     name = "exp"
@@ -141,10 +103,14 @@ class Exp(WatermarkScheme):
         return np.random.default_rng([seed, 0x5EED]).integers(0, n, size=count)
 
     def chooser(self, config: DecodeConfig, offset: int | None = None) -> TokenChooser:
+        from tokeff.decoding.watermark.samplers.exp import ExpChooser
+
         start = offset if offset is not None else int(self.offsets(1, config.seed)[0])
         return ExpChooser(config, self.key, start)
 
     def logits_processor(self, config: DecodeConfig, offsets: np.ndarray | None, prompt_length: int) -> LogitsProcessor:
+        from tokeff.decoding.watermark.samplers.exp import ExpLogitsProcessor
+
         return ExpLogitsProcessor(self.key, config, offsets, prompt_length)
 
     def score(self, texts: Sequence[np.ndarray]) -> list[Score]:

@@ -24,22 +24,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from scipy.stats import binom, hypergeom
-from transformers import LogitsProcessor
 
 from tokeff.core.errors import TokeffError
 from tokeff.core.model_checks import text_config
 from tokeff.core.resolve import model_folder
 from tokeff.core.options import Option
-from tokeff.decoding.sampling import TokenChooser
-from tokeff.decoding.types import DecodeConfig
 from tokeff.decoding.watermark.keys import WatermarkKey
 from tokeff.decoding.watermark.scheme import MIN_TOKENS, SCHEMES, Score, WatermarkScheme
 from tokeff.kernels.keyed_uniform import GOLDEN, keyed_uniforms, mix64
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import LogitsProcessor
+
+    from tokeff.decoding.sampling import TokenChooser
+    from tokeff.decoding.types import DecodeConfig
 
 
 def context_words(key: WatermarkKey, contexts: np.ndarray) -> np.ndarray:
@@ -71,8 +74,11 @@ class TransformersGreenLists:
         self.rows = key["vocab_rows"]
         self.size = int(self.rows * key["green_fraction"])
 
+    # torch only here: transformers' green lists are torch.randperm draws; tokeff's own detect without torch
     @cached_property
     def table(self) -> torch.Tensor:
+        import torch
+
         return torch.randperm(TABLE_SIZE, generator=torch.Generator().manual_seed(self.hashing_key))
 
     def seed(self, window: Sequence[int]) -> int:
@@ -80,11 +86,15 @@ class TransformersGreenLists:
         window = list(window)[-self.key["context_width"] :]
         if self.key["hashing"] == "lefthash":
             return (self.hashing_key * window[-1]) % (2**64 - 1)
+        import torch
+
         ids = torch.tensor(window)
         a, b = self.table[ids % TABLE_SIZE] + 1, self.table[ids[-1] % TABLE_SIZE] + 1
         return (self.hashing_key * a * b).min().item() % (2**64 - 1)
 
     def green(self, seed: int) -> torch.Tensor:
+        import torch
+
         return torch.randperm(self.rows, generator=torch.Generator().manual_seed(seed))[: self.size]
 
     def mask(self, logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -92,6 +102,8 @@ class TransformersGreenLists:
         if logits.shape[-1] != self.rows:
             raise TokeffError(f"this kgw key draws green lists over {self.rows} vocabulary rows (the model's "
                               f"config.vocab_size when it was made), but the model has {logits.shape[-1]}")
+        import torch
+
         mask = torch.zeros(logits.shape, dtype=torch.bool)
         if input_ids.shape[-1] < self.key["context_width"]:
             return mask
@@ -151,40 +163,6 @@ def score_tokens(key: WatermarkKey, tokens: np.ndarray) -> Score:
     return Score(float(z), p_value, fraction**scored, {"scored_pairs": scored, "green": green})
 
 
-def kgw_bias(key: WatermarkKey, logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Logits [rows, vocab] plus `bias` on the green list of each row's context (the end of input_ids [rows, length])."""
-    if key["hashing"] in TRANSFORMERS:
-        green = key.rule.transformers_green.mask(logits, input_ids)
-    else:
-        green = torch.from_numpy(green_mask(key, input_ids[:, -key["context_width"] :].cpu().numpy(), logits.shape[-1]))
-    return logits + key["bias"] * green.to(device=logits.device, dtype=logits.dtype)
-
-
-class KgwChooser(TokenChooser):
-    """Green-list bias on the logits, then greedy or sampling as configured."""
-
-    def __init__(self, config: DecodeConfig, key: WatermarkKey) -> None:
-        super().__init__(config)
-        self.key = key
-
-    def choose(self, logits: torch.Tensor, history: Sequence[int]) -> int:
-        if len(history) >= self.key["context_width"]:
-            logits = kgw_bias(self.key, logits.reshape(1, -1).float(), torch.tensor([list(history)]))[0]
-        return int(logits.argmax()) if self.greedy else super().sample(self.distribution(logits))
-
-    def sample(self, probs: torch.Tensor) -> int:
-        raise TokeffError("this decode method draws tokens without their context, "
-                          "so it cannot carry a watermark; use --method sample or greedy")
-
-
-class KgwLogitsProcessor(LogitsProcessor):
-    def __init__(self, key: WatermarkKey) -> None:
-        self.key = key
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return kgw_bias(self.key, scores, input_ids)
-
-
 @SCHEMES.register
 class Kgw(WatermarkScheme):
     name = "kgw"
@@ -240,9 +218,13 @@ class Kgw(WatermarkScheme):
         return TransformersGreenLists(self.key)
 
     def chooser(self, config: DecodeConfig, offset: int | None = None) -> TokenChooser:
+        from tokeff.decoding.watermark.samplers.kgw import KgwChooser
+
         return KgwChooser(config, self.key)
 
     def logits_processor(self, config: DecodeConfig, offsets: np.ndarray | None, prompt_length: int) -> LogitsProcessor:
+        from tokeff.decoding.watermark.samplers.kgw import KgwLogitsProcessor
+
         return KgwLogitsProcessor(self.key)
 
     def score(self, texts: Sequence[np.ndarray]) -> list[Score]:

@@ -5,6 +5,10 @@ In one run, on one corpus built here (nothing downloaded):
   generate` wrote with a kgw key on smollm2-135m (`--generated` distinct texts, cycled), half
   human WikiText-2 paragraphs from ../shared/data (cycled); `tokeff watermark detect -o` with
   `--engine local`, then `--engine ray --workers 1` and `--workers 2`;
+  each Ray configuration twice: starting its own Ray instance (no `--address`), and joining a Ray
+  cluster started beforehand with `ray start --head` (`--address`), as on a real cluster, where the
+  job no longer pays for starting Ray; with `--long-docs N`, the three own-instance jobs again on N
+  documents, where start-up is a smaller part of the job;
 - bits per byte: the first `--bpb-docs` human paragraphs under smollm2-135m, local and ray (1 worker).
 Each job runs as a subprocess of its own, on one torch thread per process (`OMP_NUM_THREADS=1`, what
 Ray gives an actor of one CPU, so local and one Ray worker compute alike): wall time (Ray's start included), the job's own seconds
@@ -12,7 +16,7 @@ Ray gives an actor of one CPU, so local and one Ray worker compute alike): wall 
 driver and, for ray, its Ray processes and actors; sampled every 0.1 s). Rows of every ray run are
 checked equal to local's. Writes docs/corpus.md, docs/corpus.json and docs/corpus.png.
 
-    PYTHONPATH=. python benchmarks/corpus/run.py [--docs 20000] [--bpb-docs 2000] [--generated 64]
+    PYTHONPATH=. python benchmarks/corpus/run.py [--docs 20000] [--long-docs 200000] [--bpb-docs 2000] [--generated 64]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -32,6 +37,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "wikitext2-valid.txt"
 MODEL = "smollm2-135m"
+CLUSTER = "127.0.0.1:6380"  # the `ray start --head` cluster the --address jobs join
+ENV = {"RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "RAYON_NUM_THREADS": "1"}
 
 
 def tokeff(*args: object) -> list[str]:
@@ -42,8 +49,7 @@ def measured(command: list[str], timeout: float) -> dict:
     """Run `command`: wall seconds, peak RSS of its whole process tree, its JSON stdout."""
     started = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
-                                 "RAYON_NUM_THREADS": "1"})
+                            env={**os.environ, **ENV})
     root, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None and time.perf_counter() - started < timeout:
         try:
@@ -72,39 +78,58 @@ def human_paragraphs() -> list[str]:
     return [p.strip() for p in text.split("\n \n") if len(p.strip()) > 200 and not p.strip().startswith("=")]
 
 
-def build_corpus(work: Path, docs: int, generated: int) -> tuple[Path, Path, int]:
-    """The key, the corpus (.jsonl: id, text, label) and the human paragraphs' count."""
+def build_key_and_texts(work: Path, generated: int) -> tuple[Path, list[str]]:
+    """The kgw key and `generated` texts watermarked with it."""
     key, prompts, texts = work / "key", work / "prompts.txt", work / "generated.jsonl"
     subprocess.run(tokeff("watermark", "keygen", "--scheme", "kgw", "-m", MODEL, "-o", key, "--seed", 7), check=True,
                    stdout=subprocess.DEVNULL)
-    human = human_paragraphs()
-    prompts.write_text("".join(" ".join(p.split()[:12]) + "\n" for p in human[-generated:]))
+    prompts.write_text("".join(" ".join(p.split()[:12]) + "\n" for p in human_paragraphs()[-generated:]))
     subprocess.run(tokeff("watermark", "generate", "--key", key, "-m", MODEL, "--prompt-file", prompts, "-o", texts,
                           "--max-new-tokens", 120, "--seed", 0, "--ignore-eos"), check=True, stdout=subprocess.DEVNULL)
-    marked = [json.loads(line)["text"] for line in texts.read_text().splitlines()]
-    corpus = work / "corpus.jsonl"
-    with corpus.open("w") as stream:
+    return key, [json.loads(line)["text"] for line in texts.read_text().splitlines()]
+
+
+def build_corpus(path: Path, docs: int, marked: list[str]) -> Path:
+    """A .jsonl corpus (id, text, label): watermarked and human documents alternating, each pool cycled."""
+    human = human_paragraphs()
+    with path.open("w") as stream:
         for index in range(docs):
             label, pool = ("watermarked", marked) if index % 2 == 0 else ("human", human)
             stream.write(json.dumps({"doc": f"d{index}", "text": pool[(index // 2) % len(pool)], "label": label}) + "\n")
-    return key, corpus, len(human)
+    return path
+
+
+@contextmanager
+def ray_cluster(workers: int):
+    """A Ray cluster on this machine, started as `ray start --head` would be on a cluster's head node."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray, "start", "--head", "--port", CLUSTER.split(":")[1], "--num-cpus", str(workers + 1),
+                    "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True,
+                   env={**os.environ, **ENV})
+    try:
+        yield CLUSTER
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True)
 
 
 def same_rows(a: Path, b: Path) -> bool:
     return pq.read_table(a).sort_by("id").equals(pq.read_table(b).sort_by("id"))
 
 
-def run_engines(kind: str, base: list, corpus: Path, work: Path, engines: list[tuple[str, int]], batch: int,
+def run_engines(kind: str, base: list, corpus: Path, work: Path, engines: list[tuple], batch: int,
                 timeout: float) -> list[dict]:
+    """One job per (engine, workers[, cluster address]); the first must be local, whose rows the others are checked against."""
     rows = []
-    for engine, workers in engines:
-        out = work / f"{kind}-{engine}-{workers}.parquet"
+    for engine, workers, *address in engines:
+        out = work / f"{kind}-{engine}-{workers}{'-cluster' if address else ''}.parquet"
         args = base + [corpus, "--id-field", "doc", "-o", out, "--engine", engine, "--batch-size", batch, "--json"]
         if engine == "ray":
-            args += ["--workers", workers]
+            args += ["--workers", workers] + (["--address", address[0]] if address else [])
         result = measured(tokeff(*args), timeout)
+        if address:  # the cluster's processes are not the job's children: its RSS would be the driver's alone
+            result["peak_rss_mib"] = None
         summary = result.pop("summary")
-        row = {"engine": engine, "workers": workers if engine == "ray" else None, **result,
+        row = {"engine": engine, "workers": workers if engine == "ray" else None, "cluster": bool(address), **result,
                "job_seconds": summary["seconds"], "documents": summary["documents"], "failed": summary["failed"],
                "bytes": summary["bytes"], "summary": summary}
         row["docs_per_s"] = row["documents"] / row["job_seconds"]
@@ -124,57 +149,79 @@ def figure(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def label(row: dict) -> str:
+    if row["engine"] == "local":
+        return "local"
+    return f"ray x{row['workers']}" + (" (cluster)" if row.get("cluster") else "")
+
+
+def ratio_lines(rows: list[dict]) -> list[str]:
+    """Ray against local at 1 worker, and 2 workers against 1, whole job and after start-up, per Ray set-up."""
+    def ratio(a: dict, b: dict, key: str) -> float | None:
+        return a[key] / b[key] if a.get(key) and b.get(key) else None
+
+    local, lines = rows[0], []
+    for cluster, how in ((False, "starting its own Ray"), (True, "joining a running cluster")):
+        one = next((r for r in rows if r["engine"] == "ray" and r["workers"] == 1 and r.get("cluster", False) == cluster), None)
+        two = next((r for r in rows if r["engine"] == "ray" and r["workers"] == 2 and r.get("cluster", False) == cluster), None)
+        if one is None:
+            continue
+        whole, steady = ratio(local, one, "docs_per_s"), ratio(local, one, "steady_docs_per_s")
+        lines.append(f"- Ray {how}, overhead at 1 worker against local (target at most +15%): "
+                     f"{whole - 1:+.0%} over the whole job, {figure(steady and steady - 1, '+.0%')} after start-up.")
+        if two:
+            lines.append(f"- Ray {how}, scaling from 1 to 2 workers (target at least 1.7x): "
+                         f"{ratio(two, one, 'docs_per_s'):.2f}x over the whole job, "
+                         f"{figure(ratio(two, one, 'steady_docs_per_s'), '.2f')}x after start-up.")
+    return lines
+
+
+def detect_table(rows: list[dict]) -> list[str]:
+    lines = ["| engine | wall s | job s | start-up s | documents/s | after start-up | MB/s | peak RSS MiB (process tree) "
+             "| detections | after BH | rows = local |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        s = r["summary"]
+        lines.append(f"| {label(r)} | {r['wall_seconds']:.1f} | {r['job_seconds']:.1f} | {figure(r['startup_seconds'], '.1f')} | "
+                     f"{r['docs_per_s']:,.0f} | {figure(r['steady_docs_per_s'], ',.0f')} | "
+                     f"{r['bytes_per_s'] / 1e6:.2f} | {figure(r['peak_rss_mib'], ',.0f')} | {s.get('detections', '-')} | "
+                     f"{s.get('detections_bh', '-')} | {r.get('rows_equal_local', '-')} |")
+    return lines
+
+
 def write_doc(results: dict, command: str, docs: Path) -> None:
     from tokeff.core.reporting import Bars, Panel, plot_panels
 
     (docs / "corpus.json").write_text(json.dumps(results, indent=2) + "\n")
-    label = lambda r: "local" if r["engine"] == "local" else f"ray x{r['workers']}"  # noqa: E731
-    detect, bpb = results["detect"], results["bpb"]
-    plot_panels(docs / "corpus.png", [
-        Panel("", "documents/s (job)", f"watermark detect, {results['docs']:,} docs",
-              bars=Bars([label(r) for r in detect], [r["docs_per_s"] for r in detect])),
-        Panel("", "bytes/s (job)", f"bits per byte, {results['bpb_docs']:,} docs, {MODEL}",
-              bars=Bars([label(r) for r in bpb], [r["bytes_per_s"] for r in bpb])),
-    ])
-    local, ray1 = detect[0], next(r for r in detect if r["workers"] == 1 and r["engine"] == "ray")
-    ray2 = next((r for r in detect if r["workers"] == 2), None)
-    overhead = local["docs_per_s"] / ray1["docs_per_s"] - 1
-    def steady_ratio(a: dict, b: dict) -> float | None:
-        return a["steady_docs_per_s"] / b["steady_docs_per_s"] if a["steady_docs_per_s"] and b["steady_docs_per_s"] else None
-
-    ratio = steady_ratio(local, ray1)
-    steady_overhead = None if ratio is None else ratio - 1
-    ratios = [f"- Ray's overhead at 1 worker against local: {figure(steady_overhead, '+.0%')} in documents/s after start-up, "
-              f"{overhead:+.0%} over the whole job (Ray's and the actors' start-up of {ray1['startup_seconds']:.0f} s "
-              f"included, against local's {local['startup_seconds']:.1f} s); target at most +15%."]
-    if ray2:
-        ratios.append(f"- Scaling from 1 to 2 Ray workers: {figure(steady_ratio(ray2, ray1), '.2f')}x in "
-                      f"documents/s after start-up, {ray2['docs_per_s'] / ray1['docs_per_s']:.2f}x over the whole job; "
-                      "target at least 1.7x.")
+    detect, long, bpb = results["detect"], results.get("detect_long"), results["bpb"]
+    panels = [Panel("", "documents/s (job)", f"watermark detect, {results['docs']:,} docs",
+                    bars=Bars([label(r) for r in detect], [r["docs_per_s"] for r in detect]))]
+    if long:
+        panels.append(Panel("", "documents/s (job)", f"watermark detect, {results['long_docs']:,} docs",
+                            bars=Bars([label(r) for r in long], [r["docs_per_s"] for r in long])))
+    panels.append(Panel("", "bytes/s (job)", f"bits per byte, {results['bpb_docs']:,} docs, {MODEL}",
+                        bars=Bars([label(r) for r in bpb], [r["bytes_per_s"] for r in bpb])))
+    plot_panels(docs / "corpus.png", panels)
     lines = ["# Corpus jobs: engine local against Ray Data", "",
              f"Reproduce: `{command}` (under `flock /tmp/tokeff-bench.lock`)."
              + (f" The {' and '.join(results['separate_runs'])} part was last measured on its own (`--parts`), the rest "
                 "in an earlier run of the same command." if results.get("separate_runs") else ""), "",
              f"Machine: {os.cpu_count()} CPU cores (load average {results['load_average']:.1f} at the start). Every process computes on one thread "
              "(`OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1`: what a one-CPU Ray actor gets), so local and one Ray worker compute "
-             "alike. *Job s* is the command's own time (its summary's `seconds`), *start-up s* the part of it before as many "
+             "alike. *Wall s* is the command's time from its start to its exit, *job s* the command's own time from "
+             "after its arguments are checked (its summary's `seconds`), *start-up s* the part of the job before as many "
              "scored batches as workers came back (for Ray: starting Ray, the actors, and the key or model loaded in each), and *after "
-             "start-up* the rate from then on, which is what a long job runs at.", "",
+             "start-up* the rate from then on, which is what a long job runs at. *(cluster)* rows join a Ray cluster "
+             "started beforehand on this machine (`ray start --head`, then `--address`), as a job on a real cluster does; "
+             "their peak RSS is not given, since the cluster's processes are not the command's.", "",
              f"## Watermark detection ({results['docs']:,} documents, kgw key on {MODEL})", "",
              f"Half the documents are {results['generated']} texts watermarked by `tokeff watermark generate` (120 tokens each), "
              f"half WikiText-2 paragraphs ({results['human']:,} distinct), each cycled to fill the corpus; "
-             f"batch size {results['batch_size']}.", "",
-             "| engine | wall s | job s | start-up s | documents/s | after start-up | MB/s | peak RSS MiB (process tree) "
-             "| detections | after BH | rows = local |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in detect:
-        s = r["summary"]
-        lines.append(f"| {label(r)} | {r['wall_seconds']:.1f} | {r['job_seconds']:.1f} | {figure(r['startup_seconds'], '.1f')} | "
-                     f"{r['docs_per_s']:,.0f} | {figure(r['steady_docs_per_s'], ',.0f')} | "
-                     f"{r['bytes_per_s'] / 1e6:.2f} | {r['peak_rss_mib']:,.0f} | {s.get('detections', '-')} | "
-                     f"{s.get('detections_bh', '-')} | {r.get('rows_equal_local', '-')} |")
-    lines += ["", *ratios, "",
-              f"## Bits per byte ({results['bpb_docs']:,} documents, {MODEL}, context 1024)", "",
+             f"batch size {results['batch_size']}.", "", *detect_table(detect), "", *ratio_lines(detect), ""]
+    if long:
+        lines += [f"### The same corpus, cycled to {results['long_docs']:,} documents", "", *detect_table(long), "",
+                  *ratio_lines(long), ""]
+    lines += [f"## Bits per byte ({results['bpb_docs']:,} documents, {MODEL}, context 1024)", "",
               "| engine | wall s | job s | start-up s | documents/s | KB/s | KB/s after start-up | peak RSS MiB (process tree) "
               "| corpus bpb | rows = local |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -182,7 +229,7 @@ def write_doc(results: dict, command: str, docs: Path) -> None:
         steady = r["steady_bytes_per_s"] and r["steady_bytes_per_s"] / 1e3
         lines.append(f"| {label(r)} | {r['wall_seconds']:.1f} | {r['job_seconds']:.1f} | {figure(r['startup_seconds'], '.1f')} | "
                      f"{r['docs_per_s']:.1f} | {r['bytes_per_s'] / 1e3:.1f} | {figure(steady, '.1f')} | "
-                     f"{r['peak_rss_mib']:,.0f} | {r['summary']['bpb']:.4f} | "
+                     f"{figure(r['peak_rss_mib'], ',.0f')} | {r['summary']['bpb']:.4f} | "
                      f"{r.get('rows_equal_local', '-')} |")
     lines += ["", "![throughput by engine](corpus.png)", "", USAGE]
     (docs / "corpus.md").write_text("\n".join(lines))
@@ -238,6 +285,7 @@ CPUs (`--gpus-per-worker 0`, the default).
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--docs", type=int, default=20_000)
+    parser.add_argument("--long-docs", type=int, default=0, help="also run the own-instance jobs on this many documents")
     parser.add_argument("--bpb-docs", type=int, default=2_000)
     parser.add_argument("--generated", type=int, default=64, help="distinct watermarked texts generated")
     parser.add_argument("--batch-size", type=int, default=1024)
@@ -247,14 +295,22 @@ def main() -> None:
     parser.add_argument("--docs-out", type=Path, default=ROOT / "docs", help="where corpus.md goes (elsewhere for a quick check)")
     args = parser.parse_args()
     load = os.getloadavg()[0]
+    parts = set(args.parts.split(","))
+    kept = json.loads((args.docs_out / "corpus.json").read_text()) if parts != {"detect", "bpb"} else {}
+    own = [("local", 1), ("ray", 1), ("ray", 2)]
     with tempfile.TemporaryDirectory(prefix="tokeff-corpus-bench-") as tmp:
         work = Path(tmp)
-        key, corpus, human = build_corpus(work, args.docs, args.generated)
-        parts = set(args.parts.split(","))
-        kept = json.loads((args.docs_out / "corpus.json").read_text()) if parts != {"detect", "bpb"} else {}
-        engines = [("local", 1), ("ray", 1), ("ray", 2)]
-        detect = kept["detect"] if "detect" not in parts else run_engines(
-            "detect", ["watermark", "detect", "--key", key], corpus, work, engines, args.batch_size, args.timeout)
+        key, marked = build_key_and_texts(work, args.generated)
+        detect, long = kept.get("detect"), kept.get("detect_long")
+        if "detect" in parts:
+            base = ["watermark", "detect", "--key", key]
+            corpus = build_corpus(work / "corpus.jsonl", args.docs, marked)
+            with ray_cluster(workers=2) as address:
+                cluster = [("ray", 1, address), ("ray", 2, address)]
+                detect = run_engines("detect", base, corpus, work, own + cluster, args.batch_size, args.timeout)
+            if args.long_docs:
+                corpus = build_corpus(work / "long.jsonl", args.long_docs, marked)
+                long = run_engines("detect-long", base, corpus, work, own, args.batch_size, args.timeout)
         bpb_corpus = work / "human.jsonl"
         paragraphs = human_paragraphs()
         bpb_corpus.write_text("".join(json.dumps({"doc": f"h{i}", "text": paragraphs[i % len(paragraphs)]}) + "\n"
@@ -266,9 +322,9 @@ def main() -> None:
     if "--parts" in given:  # "--parts X" as two words
         del given[given.index("--parts") : given.index("--parts") + 2]
     command = " ".join(["PYTHONPATH=. python benchmarks/corpus/run.py", *given])
-    write_doc({"docs": args.docs, "bpb_docs": args.bpb_docs, "generated": args.generated, "human": human,
-               "batch_size": args.batch_size, "load_average": load, "detect": detect, "bpb": bpb,
-               "separate_runs": sorted(parts) if kept else None}, command, args.docs_out)
+    write_doc({"docs": args.docs, "long_docs": args.long_docs, "bpb_docs": args.bpb_docs, "generated": args.generated,
+               "human": len(paragraphs), "batch_size": args.batch_size, "load_average": load, "detect": detect,
+               "detect_long": long, "bpb": bpb, "separate_runs": sorted(parts) if kept else None}, command, args.docs_out)
 
 
 if __name__ == "__main__":

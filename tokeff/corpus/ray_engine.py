@@ -27,6 +27,10 @@ class _ScoreActor:
     """Ray Data's callable class: each actor builds the scorer (loads key or model) once."""
 
     def __init__(self, spec: JobSpec, crash_marker: str | None = None) -> None:
+        # An actor has one CPU: Ray limits its OpenMP threads to it, this the tokenizers' Rust pool (created on
+        # first use, so set before the scorer is built), or each actor would tokenize on every core. Set here, not
+        # as a runtime_env: Ray starts workers for a runtime_env apart from the idle ones it keeps ready.
+        os.environ["RAYON_NUM_THREADS"] = "1"
         self.spec, self.scorer, self.crash_marker = spec, spec.build(), crash_marker
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -77,9 +81,6 @@ def _score(dataset, spec: JobSpec, engine):
         num_gpus=engine.gpus_per_worker or None,
         max_restarts=-1,  # a dead actor is replaced ...
         max_task_retries=-1,  # ... and its batch retried, so every document comes out exactly once
-        # An actor has one CPU: Ray limits its OpenMP threads to it, this the tokenizers' Rust pool too, or
-        # each actor would tokenize on every core and the actors would fight over them.
-        runtime_env={"env_vars": {"RAYON_NUM_THREADS": "1"}},
     )
 
 

@@ -27,7 +27,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.stats import binom, hypergeom
+from scipy.special import bdtrc  # scipy.stats would add a second to every detection worker's start
 
 from tokeff.core.errors import TokeffError
 from tokeff.core.model_checks import text_config
@@ -127,6 +127,8 @@ class TransformersGreenLists:
         groups: dict[int, list[int]] = {}
         for seed, token in pairs:
             groups.setdefault(seed, []).append(token)
+        from scipy.stats import hypergeom
+
         green, pmf, floor = 0, np.ones(1), 1.0
         for seed, members in groups.items():
             green += int(np.isin(members, self.green(seed).numpy()).sum())
@@ -159,7 +161,7 @@ def score_tokens(key: WatermarkKey, tokens: np.ndarray) -> Score:
     green = int((keyed_uniforms(pairs[:, 0], pairs[:, 1]) < fraction).sum())
     scored = len(pairs)
     z = (green - fraction * scored) / np.sqrt(scored * fraction * (1 - fraction))
-    p_value = float(binom.sf(green - 1, scored, fraction))
+    p_value = 1.0 if green == 0 else float(bdtrc(green - 1, scored, fraction))  # P(green count >= green)
     return Score(float(z), p_value, fraction**scored, {"scored_pairs": scored, "green": green})
 
 

@@ -45,11 +45,11 @@ def tokeff(*args: object) -> list[str]:
     return [sys.executable, "-m", "tokeff", *map(str, args)]
 
 
-def measured(command: list[str], timeout: float) -> dict:
+def measured(command: list[str], timeout: float, env: dict | None = None) -> dict:
     """Run `command`: wall seconds, peak RSS of its whole process tree, its JSON stdout."""
     started = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, **ENV})
+                            env={**os.environ, **ENV, **(env or {})})
     root, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None and time.perf_counter() - started < timeout:
         try:
@@ -125,7 +125,8 @@ def run_engines(kind: str, base: list, corpus: Path, work: Path, engines: list[t
         args = base + [corpus, "--id-field", "doc", "-o", out, "--engine", engine, "--batch-size", batch, "--json"]
         if engine == "ray":
             args += ["--workers", workers] + (["--address", address[0]] if address else [])
-        result = measured(tokeff(*args), timeout)
+        # Ray 2.60's `ray start` turns on token authentication; a job joining by address must use it too
+        result = measured(tokeff(*args), timeout, {"RAY_AUTH_MODE": "token"} if address else None)
         if address:  # the cluster's processes are not the job's children: its RSS would be the driver's alone
             result["peak_rss_mib"] = None
         summary = result.pop("summary")
@@ -137,7 +138,7 @@ def run_engines(kind: str, base: list, corpus: Path, work: Path, engines: list[t
         row["startup_seconds"], row["steady_docs_per_s"] = summary["startup_seconds"], summary["steady_docs_per_s"]
         # mean doc size; no rate after start-up when the first batch held every document
         row["steady_bytes_per_s"] = (row["steady_docs_per_s"] and row["bytes_per_s"] * row["steady_docs_per_s"] / row["docs_per_s"])
-        if rows:
+        if engine != "local":
             row["rows_equal_local"] = same_rows(work / f"{kind}-local-1.parquet", out)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "summary"}), file=sys.stderr, flush=True)
@@ -305,9 +306,10 @@ def main() -> None:
         if "detect" in parts:
             base = ["watermark", "detect", "--key", key]
             corpus = build_corpus(work / "corpus.jsonl", args.docs, marked)
+            detect = run_engines("detect", base, corpus, work, own, args.batch_size, args.timeout)
             with ray_cluster(workers=2) as address:
-                cluster = [("ray", 1, address), ("ray", 2, address)]
-                detect = run_engines("detect", base, corpus, work, own + cluster, args.batch_size, args.timeout)
+                detect += run_engines("detect", base, corpus, work, [("ray", 1, address), ("ray", 2, address)],
+                                      args.batch_size, args.timeout)
             if args.long_docs:
                 corpus = build_corpus(work / "long.jsonl", args.long_docs, marked)
                 long = run_engines("detect-long", base, corpus, work, own, args.batch_size, args.timeout)

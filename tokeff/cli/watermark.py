@@ -176,7 +176,6 @@ def detect(
     Exit 1 if any text could not be tested (empty or shorter than the key's min_tokens).
     With -o (corpus mode): files, folders, globs, JSONL or Parquet; one row per document, a summary on stdout.
     """
-    from tokeff.decoding.watermark.bayesian import load_detector
     from tokeff.decoding.watermark.detection import detect_texts
     from tokeff.decoding.watermark.keys import key_tokenizer, load_key
     from tokeff.decoding.watermark.records import read_records
@@ -191,7 +190,11 @@ def detect(
         corpus.run_corpus("watermark", params, files, corpus_args, json)
         return
     watermark = load_key(key).for_detection(overrides)
-    trained = load_detector(detector) if detector is not None else None
+    trained = None
+    if detector is not None:  # the trained detector needs torch; plain detection does not import it
+        from tokeff.decoding.watermark.bayesian import load_detector
+
+        trained = load_detector(detector)
     records = [record for path in files for record in read_records(path, "text", lines=False)]
     loaded = key_tokenizer(watermark, tokenizer, trust_remote_code)
     results = detect_texts(watermark, loaded, [text for _, text in records], alpha=alpha, detector=trained)

@@ -51,7 +51,9 @@ def ray_batches(spec: JobSpec, files, reader, skip, engine) -> Iterator[pa.Table
         if engine.address:
             ray.init(address=engine.address, log_to_driver=False, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=engine.workers + 1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            # "local": a new instance even where a cluster started by `ray start` runs here (ray.init would join it)
+            ray.init(address="local", num_cpus=engine.workers + 1, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # parts must hold a prefix of each source (resume)
     context.enable_progress_bars = False

@@ -204,9 +204,10 @@ def write_doc(results: dict, command: str, docs: Path) -> None:
                         bars=Bars([label(r) for r in bpb], [r["bytes_per_s"] for r in bpb])))
     plot_panels(docs / "corpus.png", panels)
     lines = ["# Corpus jobs: engine local against Ray Data", "",
-             f"Reproduce: `{command}` (under `flock /tmp/tokeff-bench.lock`)."
-             + (f" The {' and '.join(results['separate_runs'])} part was last measured on its own (`--parts`), the rest "
-                "in an earlier run of the same command." if results.get("separate_runs") else ""), "",
+             f"Reproduce: `{command}`."
+             + (f" The {' and '.join(results['separate_runs'])} part was last measured on its own (`--parts`); the "
+                f"other kept its figures from an earlier run (bits per byte: `--bpb-docs {results['bpb_docs']}`)."
+                if results.get("separate_runs") else ""), "",
              f"Machine: {os.cpu_count()} CPU cores (load average {results['load_average']:.1f} at the start). Every process computes on one thread "
              "(`OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1`: what a one-CPU Ray actor gets), so local and one Ray worker compute "
              "alike. *Wall s* is the command's time from its start to its exit, *job s* the command's own time from "
@@ -232,6 +233,12 @@ def write_doc(results: dict, command: str, docs: Path) -> None:
                      f"{r['docs_per_s']:.1f} | {r['bytes_per_s'] / 1e3:.1f} | {figure(steady, '.1f')} | "
                      f"{figure(r['peak_rss_mib'], ',.0f')} | {r['summary']['bpb']:.4f} | "
                      f"{r.get('rows_equal_local', '-')} |")
+    if results["bpb_docs"] < 2000:  # the issue's size; say what it would cost here
+        rate = bpb[0]["docs_per_s"]
+        lines += ["", f"At one thread smollm2-135m scored {rate:.2f} documents/s here (local), so the 2,000 documents "
+                  f"the issue asks for would take about {2000 / rate / 60:.0f} minutes per engine; this run stopped at "
+                  f"{results['bpb_docs']:,}. Its first batch (64 documents) is a large part of so small a corpus, so the "
+                  "rates after start-up are rough; the whole-job figures compare the engines."]
     lines += ["", "![throughput by engine](corpus.png)", "", USAGE]
     (docs / "corpus.md").write_text("\n".join(lines))
 
@@ -256,13 +263,18 @@ Start Ray on the head node and join each worker node, then point the same comman
 ray start --head --port 6379                 # on the head node
 ray start --address HEAD_IP:6379             # on every other node
 tokeff watermark detect --key KEY 'data/*.parquet' -o detections.parquet \\
-    --engine ray --address HEAD_IP:6379 --workers 32 --batch-size 1024
+    --engine ray --address HEAD_IP:6379 --workers 32 --batch-size 1024     # with RAY_AUTH_MODE=token, below
 ```
 
 Every path (corpus files, key, model folder, output) must be readable at the same path on every
 node (a shared file system), since each actor loads the key or model itself. The driver (where the
 command runs) writes the output; the actors only score. Without `--address`, `--engine ray` starts a
-Ray instance on this machine with `--workers` + 1 CPUs.
+Ray instance of its own on this machine with `--workers` + 1 CPUs, even where a cluster runs here.
+
+Ray 2.60's `ray start` turns on token authentication. On this machine a job joining by address
+(`--address HEAD_IP:6379`) was refused (`InvalidAuthToken`) until it ran with `RAY_AUTH_MODE=token`,
+which reads the cluster's token from `~/.ray/auth_token` (or `RAY_AUTH_TOKEN`); `--address auto`, on a
+node of the cluster, joined without it. See Ray's token-authentication guide for other nodes.
 
 ### With GPUs
 
@@ -324,7 +336,10 @@ def main() -> None:
     if "--parts" in given:  # "--parts X" as two words
         del given[given.index("--parts") : given.index("--parts") + 2]
     command = " ".join(["PYTHONPATH=. python benchmarks/corpus/run.py", *given])
-    write_doc({"docs": args.docs, "long_docs": args.long_docs, "bpb_docs": args.bpb_docs, "generated": args.generated,
+    # a part kept from an earlier run keeps that run's size (its --bpb-docs or --docs)
+    write_doc({"docs": args.docs if "detect" in parts else kept["docs"],
+               "long_docs": args.long_docs if "detect" in parts else kept.get("long_docs", 0),
+               "bpb_docs": args.bpb_docs if "bpb" in parts else kept["bpb_docs"], "generated": args.generated,
                "human": len(paragraphs), "batch_size": args.batch_size, "load_average": load, "detect": detect,
                "detect_long": long, "bpb": bpb, "separate_runs": sorted(parts) if kept else None}, command, args.docs_out)
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 from ray.data.datasource import Datasource
 
+from tokeff.core.errors import TokeffError
+from tokeff.core.resolve import first_line
 from tokeff.corpus.reader import ReaderOptions, read_file
 from tokeff.corpus.scorers import JobSpec
 
@@ -49,7 +51,11 @@ def ray_batches(spec: JobSpec, files, reader, skip, engine) -> Iterator[pa.Table
 
     if not ray.is_initialized():
         if engine.address:
-            ray.init(address=engine.address, log_to_driver=False, logging_level=logging.WARNING)
+            try:
+                ray.init(address=engine.address, log_to_driver=False, logging_level=logging.WARNING)
+            except ConnectionError as exc:
+                raise TokeffError(f"--address {engine.address}: {first_line(exc)} (a cluster started by `ray start` "
+                                  "uses token authentication: run with RAY_AUTH_MODE=token)") from None
         else:
             # "local": a new instance even where a cluster started by `ray start` runs here (ray.init would join it)
             ray.init(address="local", num_cpus=engine.workers + 1, include_dashboard=False, log_to_driver=False,

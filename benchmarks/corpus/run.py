@@ -118,7 +118,8 @@ def same_rows(a: Path, b: Path) -> bool:
 
 def run_engines(kind: str, base: list, corpus: Path, work: Path, engines: list[tuple], batch: int,
                 timeout: float) -> list[dict]:
-    """One job per (engine, workers[, cluster address]); the first must be local, whose rows the others are checked against."""
+    """One job per (engine, workers[, cluster address]); each Ray job's rows are checked against the local job's
+    output of the same kind, which must have run first in the same `work` folder."""
     rows = []
     for engine, workers, *address in engines:
         out = work / f"{kind}-{engine}-{workers}{'-cluster' if address else ''}.parquet"

@@ -54,8 +54,8 @@ def ray_batches(spec: JobSpec, files, reader, skip, engine) -> Iterator[pa.Table
             try:
                 ray.init(address=engine.address, log_to_driver=False, logging_level=logging.WARNING)
             except ConnectionError as exc:
-                raise TokeffError(f"--address {engine.address}: {first_line(exc)} (a cluster started by `ray start` "
-                                  "uses token authentication: run with RAY_AUTH_MODE=token)") from None
+                raise TokeffError(f"--address {engine.address}: {first_line(exc)} (if the cluster uses Ray's token "
+                                  "authentication, as `ray start` sets up by default, run with RAY_AUTH_MODE=token)") from None
         else:
             # "local": a new instance even where a cluster started by `ray start` runs here (ray.init would join it)
             ray.init(address="local", num_cpus=engine.workers + 1, include_dashboard=False, log_to_driver=False,

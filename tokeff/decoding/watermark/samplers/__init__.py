@@ -1,4 +1,5 @@
 """Each scheme's generation side (token chooser, logits processor), apart from its key and test in `schemes/`.
 
-Detection needs neither torch nor transformers, so a detection worker (a Ray actor) starts without importing them.
+Detection needs no transformers, and for kgw and exp no torch, so a detection worker (a Ray actor) starts
+without importing them (synthid's sampling table is a torch draw).
 """

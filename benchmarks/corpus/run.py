@@ -9,8 +9,10 @@ In one run, on one corpus built here (nothing downloaded):
   cluster started beforehand with `ray start --head` (`--address`), as on a real cluster, where the
   job no longer pays for starting Ray; with `--long-docs N`, the three own-instance jobs again on N
   documents, where start-up is a smaller part of the job;
-- bits per byte: the first `--bpb-docs` human paragraphs under smollm2-135m, local and ray (1 worker).
-Each job runs as a subprocess of its own, on one torch thread per process (`OMP_NUM_THREADS=1`, what
+- bits per byte: `--bpb-docs` WikiText-2 lines (its paragraphs, one per line; cycled) under smollm2-135m,
+  local on 2 torch threads against ray with 2 one-thread workers (both use the whole machine).
+Each job runs as a subprocess of its own, `--repeats` times for the `--docs` detection jobs (the median is
+reported), after the previous job's Ray processes have exited, on one torch thread per process (`OMP_NUM_THREADS=1`, what
 Ray gives an actor of one CPU, so local and one Ray worker compute alike): wall time (Ray's start included), the job's own seconds
 (the summary's), documents/s and bytes/s, and the peak RSS summed over the process tree (the
 driver and, for ray, its Ray processes and actors; sampled every 0.1 s). Rows of every ray run are
@@ -78,6 +80,12 @@ def human_paragraphs() -> list[str]:
     return [p.strip() for p in text.split("\n \n") if len(p.strip()) > 200 and not p.strip().startswith("=")]
 
 
+def human_lines() -> list[str]:
+    """WikiText-2's paragraphs as the file holds them, one per line (headings and blank lines left out)."""
+    return [line.strip() for line in DATA.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.strip().startswith("=")]
+
+
 def build_key_and_texts(work: Path, generated: int) -> tuple[Path, list[str]]:
     """The kgw key and `generated` texts watermarked with it."""
     key, prompts, texts = work / "key", work / "prompts.txt", work / "generated.jsonl"
@@ -117,26 +125,34 @@ def same_rows(a: Path, b: Path) -> bool:
 
 
 def run_engines(kind: str, base: list, corpus: Path, work: Path, engines: list[tuple], batch: int,
-                timeout: float) -> list[dict]:
-    """One job per (engine, workers[, cluster address]); each Ray job's rows are checked against the local job's
-    output of the same kind, which must have run first in the same `work` folder."""
-    rows = []
+                timeout: float, repeats: int = 1, local_threads: int = 1) -> list[dict]:
+    """One job per (engine, workers[, cluster address]), `repeats` times each: the row is the run of median job time,
+    with every run's job time beside it. Each Ray job's rows are checked against the local job's output of the same
+    kind, which must have run first in the same `work` folder. `local_threads`: torch threads of the local job."""
+    rows, baseline = [], _ray_agents()
     for engine, workers, *address in engines:
         out = work / f"{kind}-{engine}-{workers}{'-cluster' if address else ''}.parquet"
-        args = base + [corpus, "--id-field", "doc", "-o", out, "--engine", engine, "--batch-size", batch, "--json"]
+        args = base + [corpus, "--id-field", "doc", "-o", out, "--engine", engine, "--batch-size", batch, "--json", "--force"]
         if engine == "ray":
             args += ["--workers", workers] + (["--address", address[0]] if address else [])
         # Ray 2.60's `ray start` turns on token authentication; a job joining by address must use it too
-        result = measured(tokeff(*args), timeout, {"RAY_AUTH_MODE": "token"} if address else None)
+        env = {"RAY_AUTH_MODE": "token"} if address else {"OMP_NUM_THREADS": str(local_threads)} if engine == "local" else {}
+        runs = []
+        for _ in range(repeats):
+            _wait_for_ray_exit(baseline)
+            runs.append(measured(tokeff(*args), timeout, env))
+        every = [run["summary"]["seconds"] for run in runs]
+        result = sorted(runs, key=lambda run: run["summary"]["seconds"])[len(runs) // 2]
         if address:  # the cluster's processes are not the job's children: its RSS would be the driver's alone
             result["peak_rss_mib"] = None
         summary = result.pop("summary")
         row = {"engine": engine, "workers": workers if engine == "ray" else None, "cluster": bool(address), **result,
-               "job_seconds": summary["seconds"], "documents": summary["documents"], "failed": summary["failed"],
-               "bytes": summary["bytes"], "summary": summary}
+               "threads": local_threads if engine == "local" else 1,
+               "job_seconds": summary["seconds"], "job_seconds_runs": every,
+               "documents": summary["documents"], "failed": summary["failed"], "bytes": summary["bytes"], "summary": summary}
         row["docs_per_s"] = row["documents"] / row["job_seconds"]
         row["bytes_per_s"] = row["bytes"] / row["job_seconds"]
-        row["startup_seconds"], row["steady_docs_per_s"] = summary["startup_seconds"], summary["steady_docs_per_s"]
+        row["startup_seconds"], row["steady_docs_per_s"] = summary.get("startup_seconds"), summary.get("steady_docs_per_s")
         # mean doc size; no rate after start-up when the first batch held every document
         row["steady_bytes_per_s"] = (row["steady_docs_per_s"] and row["bytes_per_s"] * row["steady_docs_per_s"] / row["docs_per_s"])
         if engine != "local":
@@ -146,6 +162,21 @@ def run_engines(kind: str, base: list, corpus: Path, work: Path, engines: list[t
     return rows
 
 
+def _ray_agents() -> int:
+    """Ray's per-node agents running now (a cluster's, or a finished job's that have not exited yet); the process
+    name is cut to 15 characters."""
+    return sum(1 for p in psutil.process_iter(["name"])
+               if (p.info["name"] or "").startswith(("ray::DashboardA", "ray::RuntimeEnv")))
+
+
+def _wait_for_ray_exit(baseline: int, limit: float = 180) -> None:
+    """A finished job's Ray agents outlive its driver by a minute or so, using CPU: wait for them, so the next job
+    runs on a machine as idle as the first one did."""
+    deadline = time.monotonic() + limit
+    while _ray_agents() > baseline and time.monotonic() < deadline:
+        time.sleep(1)
+
+
 def figure(value: float | None, spec: str) -> str:
     """A table cell; '-' where the run gave no figure (no rate after start-up when the first batch held every document)."""
     return "-" if value is None else format(value, spec)
@@ -153,7 +184,7 @@ def figure(value: float | None, spec: str) -> str:
 
 def label(row: dict) -> str:
     if row["engine"] == "local":
-        return "local"
+        return "local" + (f" ({row['threads']} threads)" if row.get("threads", 1) > 1 else "")
     return f"ray x{row['workers']}" + (" (cluster)" if row.get("cluster") else "")
 
 
@@ -180,14 +211,15 @@ def ratio_lines(rows: list[dict]) -> list[str]:
 
 def detect_table(rows: list[dict]) -> list[str]:
     lines = ["| engine | wall s | job s | start-up s | documents/s | after start-up | MB/s | peak RSS MiB (process tree) "
-             "| detections | after BH | rows = local |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| detections | after BH | rows = local | job s, every run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         s = r["summary"]
         lines.append(f"| {label(r)} | {r['wall_seconds']:.1f} | {r['job_seconds']:.1f} | {figure(r['startup_seconds'], '.1f')} | "
                      f"{r['docs_per_s']:,.0f} | {figure(r['steady_docs_per_s'], ',.0f')} | "
                      f"{r['bytes_per_s'] / 1e6:.2f} | {figure(r['peak_rss_mib'], ',.0f')} | {s.get('detections', '-')} | "
-                     f"{s.get('detections_bh', '-')} | {r.get('rows_equal_local', '-')} |")
+                     f"{s.get('detections_bh', '-')} | {r.get('rows_equal_local', '-')} | "
+                     f"{', '.join(f'{t:.1f}' for t in r.get('job_seconds_runs', [r['job_seconds']]))} |")
     return lines
 
 
@@ -211,7 +243,8 @@ def write_doc(results: dict, command: str, docs: Path) -> None:
                 if results.get("separate_runs") else ""), "",
              f"Machine: {os.cpu_count()} CPU cores (load average {results['load_average']:.1f} at the start). Every process computes on one thread "
              "(`OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1`: what a one-CPU Ray actor gets), so local and one Ray worker compute "
-             "alike. *Wall s* is the command's time from its start to its exit, *job s* the command's own time from "
+             "alike; the bits-per-byte local job alone runs on 2 threads. Each job starts after the previous job's Ray "
+             "processes have exited. *Wall s* is the command's time from its start to its exit, *job s* the command's own time from "
              "after its arguments are checked (its summary's `seconds`), *start-up s* the part of the job before as many "
              "scored batches as workers came back (for Ray: starting Ray, the actors, and the key or model loaded in each), and *after "
              "start-up* the rate from then on, which is what a long job runs at. *(cluster)* rows join a Ray cluster "
@@ -220,11 +253,15 @@ def write_doc(results: dict, command: str, docs: Path) -> None:
              f"## Watermark detection ({results['docs']:,} documents, kgw key on {MODEL})", "",
              f"Half the documents are {results['generated']} texts watermarked by `tokeff watermark generate` (120 tokens each), "
              f"half WikiText-2 paragraphs ({results['human']:,} distinct), each cycled to fill the corpus; "
-             f"batch size {results['batch_size']}.", "", *detect_table(detect), "", *ratio_lines(detect), ""]
+             f"batch size {results['batch_size']}. Each job ran {results.get('repeats', 1)} times; the table shows the run of "
+             "median job time, and every run's job time in the last column.", "", *detect_table(detect), "", *ratio_lines(detect), ""]
     if long:
         lines += [f"### The same corpus, cycled to {results['long_docs']:,} documents", "", *detect_table(long), "",
                   *ratio_lines(long), ""]
     lines += [f"## Bits per byte ({results['bpb_docs']:,} documents, {MODEL}, context 1024)", "",
+              f"The documents are WikiText-2's paragraphs as its file holds them, one per line "
+              f"({results.get('bpb_distinct', '?'):,} distinct, cycled); batch size {min(results['batch_size'], 64)}. Both "
+              "engines use both cores: local on 2 torch threads, Ray with 2 actors of one thread each.", "",
               "| engine | wall s | job s | start-up s | documents/s | KB/s | KB/s after start-up | peak RSS MiB (process tree) "
               "| corpus bpb | rows = local |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -234,12 +271,6 @@ def write_doc(results: dict, command: str, docs: Path) -> None:
                      f"{r['docs_per_s']:.1f} | {r['bytes_per_s'] / 1e3:.1f} | {figure(steady, '.1f')} | "
                      f"{figure(r['peak_rss_mib'], ',.0f')} | {r['summary']['bpb']:.4f} | "
                      f"{r.get('rows_equal_local', '-')} |")
-    if results["bpb_docs"] < 2000:  # the issue's size; say what it would cost here
-        rate = bpb[0]["docs_per_s"]
-        lines += ["", f"At one thread smollm2-135m scored {rate:.2f} documents/s here (local), so the 2,000 documents "
-                  f"the issue asks for would take about {2000 / rate / 60:.0f} minutes per engine; this run stopped at "
-                  f"{results['bpb_docs']:,}. Its first batch (64 documents) is a large part of so small a corpus, so the "
-                  "rates after start-up are rough; the whole-job figures compare the engines."]
     lines += ["", "![throughput by engine](corpus.png)", "", USAGE]
     (docs / "corpus.md").write_text("\n".join(lines))
 
@@ -303,6 +334,7 @@ def main() -> None:
     parser.add_argument("--bpb-docs", type=int, default=2_000)
     parser.add_argument("--generated", type=int, default=64, help="distinct watermarked texts generated")
     parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each --docs detection job (median reported)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per job")
     parser.add_argument("--parts", default="detect,bpb",
                         help="the parts to measure; the others are kept from --docs-out's corpus.json")
@@ -319,20 +351,20 @@ def main() -> None:
         if "detect" in parts:
             base = ["watermark", "detect", "--key", key]
             corpus = build_corpus(work / "corpus.jsonl", args.docs, marked)
-            detect = run_engines("detect", base, corpus, work, own, args.batch_size, args.timeout)
+            detect = run_engines("detect", base, corpus, work, own, args.batch_size, args.timeout, args.repeats)
             with ray_cluster(workers=2) as address:
                 detect += run_engines("detect", base, corpus, work, [("ray", 1, address), ("ray", 2, address)],
-                                      args.batch_size, args.timeout)
+                                      args.batch_size, args.timeout, args.repeats)
             if args.long_docs:
                 corpus = build_corpus(work / "long.jsonl", args.long_docs, marked)
                 long = run_engines("detect-long", base, corpus, work, own, args.batch_size, args.timeout)
-        bpb_corpus = work / "human.jsonl"
-        paragraphs = human_paragraphs()
-        bpb_corpus.write_text("".join(json.dumps({"doc": f"h{i}", "text": paragraphs[i % len(paragraphs)]}) + "\n"
+        bpb_corpus, lines = work / "human.jsonl", human_lines()
+        bpb_corpus.write_text("".join(json.dumps({"doc": f"h{i}", "text": lines[i % len(lines)]}) + "\n"
                                       for i in range(args.bpb_docs)))
+        # Both engines use the whole machine: local on 2 torch threads, Ray with 2 one-thread actors.
         bpb = kept["bpb"] if "bpb" not in parts else run_engines(
-            "bpb", ["eval", "bpb", "-m", MODEL], bpb_corpus, work, [("local", 1), ("ray", 1)], min(args.batch_size, 64),
-            args.timeout)
+            "bpb", ["eval", "bpb", "-m", MODEL], bpb_corpus, work, [("local", 1), ("ray", 2)], min(args.batch_size, 64),
+            args.timeout, local_threads=2)
     given = [arg for arg in sys.argv[1:] if not arg.startswith("--parts=")]
     if "--parts" in given:  # "--parts X" as two words
         del given[given.index("--parts") : given.index("--parts") + 2]
@@ -341,7 +373,7 @@ def main() -> None:
     write_doc({"docs": args.docs if "detect" in parts else kept["docs"],
                "long_docs": args.long_docs if "detect" in parts else kept.get("long_docs", 0),
                "bpb_docs": args.bpb_docs if "bpb" in parts else kept["bpb_docs"], "generated": args.generated,
-               "human": len(paragraphs), "batch_size": args.batch_size, "load_average": load, "detect": detect,
+               "human": len(human_paragraphs()), "bpb_distinct": len(lines), "repeats": args.repeats, "batch_size": args.batch_size, "load_average": load, "detect": detect,
                "detect_long": long, "bpb": bpb, "separate_runs": sorted(parts) if kept else None}, command, args.docs_out)
 
 

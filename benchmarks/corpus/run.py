@@ -259,9 +259,12 @@ def write_doc(results: dict, command: str, docs: Path) -> None:
         lines += [f"### The same corpus, cycled to {results['long_docs']:,} documents", "", *detect_table(long), "",
                   *ratio_lines(long), ""]
     lines += [f"## Bits per byte ({results['bpb_docs']:,} documents, {MODEL}, context 1024)", "",
-              f"The documents are WikiText-2's paragraphs as its file holds them, one per line "
-              f"({results.get('bpb_distinct', '?'):,} distinct, cycled); batch size {min(results['batch_size'], 64)}. Both "
-              "engines use both cores: local on 2 torch threads, Ray with 2 actors of one thread each.", "",
+              (f"The documents are WikiText-2's paragraphs as its file holds them, one per line "
+               f"({results['bpb_distinct']:,} distinct, cycled); batch size {min(results['batch_size'], 64)}. Both "
+               "engines use both cores: local on 2 torch threads, Ray with 2 actors of one thread each."
+               if results.get("bpb_distinct") else
+               "Kept from an earlier run of this benchmark, before it changed: the documents were the human "
+               "paragraphs above, batch size 64, one thread per process, local against ray x1."), "",
               "| engine | wall s | job s | start-up s | documents/s | KB/s | KB/s after start-up | peak RSS MiB (process tree) "
               "| corpus bpb | rows = local |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -373,7 +376,7 @@ def main() -> None:
     write_doc({"docs": args.docs if "detect" in parts else kept["docs"],
                "long_docs": args.long_docs if "detect" in parts else kept.get("long_docs", 0),
                "bpb_docs": args.bpb_docs if "bpb" in parts else kept["bpb_docs"], "generated": args.generated,
-               "human": len(human_paragraphs()), "bpb_distinct": len(lines), "repeats": args.repeats, "batch_size": args.batch_size, "load_average": load, "detect": detect,
+               "human": len(human_paragraphs()), "bpb_distinct": len(lines) if "bpb" in parts else kept.get("bpb_distinct"), "repeats": args.repeats, "batch_size": args.batch_size, "load_average": load, "detect": detect,
                "detect_long": long, "bpb": bpb, "separate_runs": sorted(parts) if kept else None}, command, args.docs_out)
 
 

@@ -63,9 +63,6 @@ def ray_batches(spec: JobSpec, files, reader, skip, engine) -> Iterator[pa.Table
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # parts must hold a prefix of each source (resume)
     context.enable_progress_bars = False
-    # Blocks of at most 1 MiB (Ray's default is 128 MiB): a read task then hands its documents on as it reads
-    # them, so scoring starts at once instead of after a whole file (or 128 MiB of it) is read.
-    context.target_max_block_size = 2**20
     # Reading is light: a fraction of a CPU, so the scoring actors get the cores.
     dataset = ray.data.read_datasource(CorpusDatasource(files, reader, skip, engine.batch_size), override_num_blocks=len(files), num_cpus=0.25)
     # A read task's output is buffered into blocks of up to 128 MiB, so a file of short documents arrives as one

@@ -243,8 +243,8 @@ def write_doc(results: dict, command: str, docs: Path) -> None:
                 if results.get("separate_runs") else ""), "",
              f"Machine: {os.cpu_count()} CPU cores (load average {results['load_average']:.1f} at the start). Every process computes on one thread "
              "(`OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1`: what a one-CPU Ray actor gets), so local and one Ray worker compute "
-             "alike; the bits-per-byte local job alone runs on 2 threads. Each job starts after the previous job's Ray "
-             "processes have exited. *Wall s* is the command's time from its start to its exit, *job s* the command's own time from "
+             "alike" + ("; the bits-per-byte local job alone runs on 2 threads" if any(r.get("threads", 1) > 1 for r in bpb)
+                        else "") + ". Each job starts after the previous job's Ray processes have exited. *Wall s* is the command's time from its start to its exit, *job s* the command's own time from "
              "after its arguments are checked (its summary's `seconds`), *start-up s* the part of the job before as many "
              "scored batches as workers came back (for Ray: starting Ray, the actors, and the key or model loaded in each), and *after "
              "start-up* the rate from then on, which is what a long job runs at. *(cluster)* rows join a Ray cluster "
@@ -376,7 +376,8 @@ def main() -> None:
     write_doc({"docs": args.docs if "detect" in parts else kept["docs"],
                "long_docs": args.long_docs if "detect" in parts else kept.get("long_docs", 0),
                "bpb_docs": args.bpb_docs if "bpb" in parts else kept["bpb_docs"], "generated": args.generated,
-               "human": len(human_paragraphs()), "bpb_distinct": len(lines) if "bpb" in parts else kept.get("bpb_distinct"), "repeats": args.repeats, "batch_size": args.batch_size, "load_average": load, "detect": detect,
+               "human": len(human_paragraphs()), "bpb_distinct": len(lines) if "bpb" in parts else kept.get("bpb_distinct"),
+               "repeats": args.repeats, "batch_size": args.batch_size, "load_average": load, "detect": detect,
                "detect_long": long, "bpb": bpb, "separate_runs": sorted(parts) if kept else None}, command, args.docs_out)
 
 

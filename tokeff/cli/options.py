@@ -27,7 +27,7 @@ Output = Annotated[Path, typer.Option("-o", "--output", help="Output artifact fo
 Models = Annotated[list[str], typer.Option("--model", "-m", help="Built-in name, .gguf file, folder or hub id (repeatable).")]
 EnsembleWeights = Annotated[
     list[str] | None,
-    typer.Option("--weight", help="One weight per --model (default: equal), or auto: the members' posteriors, updated byte by byte."),
+    typer.Option("--weight", help="One weight per --model (default: equal), or auto: a Bayesian average over weightings of the members, by their posteriors byte by byte."),
 ]
 EnsembleMode = Annotated[str, typer.Option(help="mix: average the byte probabilities; product: weighted geometric mean.")]
 # A quantized KV cache (`tokeff decode`, `tokeff eval bpb`).

@@ -7,7 +7,7 @@ import math
 from tokeff.core.errors import TokeffError
 
 MODES = ("mix", "product")
-AUTO = "auto"  # a Bayesian mixture: the members' posteriors, updated byte by byte, from equal priors
+AUTO = "auto"  # a Bayesian average over fixed weightings of the members, by their posteriors updated byte by byte
 
 Weights = list[float] | str | None  # explicit weights, AUTO, or None (equal)
 
@@ -18,7 +18,7 @@ def parse_weights(values: list[str] | None) -> Weights:
         return None
     if AUTO in values:
         if len(values) != 1:
-            raise TokeffError("--weight auto stands alone (the members' posteriors are the weights)")
+            raise TokeffError("--weight auto stands alone (it averages over weightings by their posteriors)")
         return AUTO
     try:
         return [float(value) for value in values]
@@ -27,14 +27,10 @@ def parse_weights(values: list[str] | None) -> Weights:
 
 
 def ensemble_weights(weights: Weights, count: int, mode: str = "mix") -> list[float]:
-    """The weights (with AUTO: the priors) normalized to sum 1, equal if not given, after checking them and the mode."""
+    """The weights (with AUTO: equal, the prior mean) normalized to sum 1, equal if not given, after checking them and the mode."""
     if mode not in MODES:
         raise TokeffError(f"--mode must be one of {', '.join(MODES)}, got '{mode}'")
-    if weights == AUTO:
-        if mode != "mix":
-            raise TokeffError("--weight auto is a Bayesian mixture: use it with --mode mix")
-        return [1.0 / count] * count
-    if not weights:
+    if not weights or weights == AUTO:
         return [1.0 / count] * count
     if len(weights) != count:
         raise TokeffError(f"give one --weight per --model ({count} models, {len(weights)} weights)")

@@ -9,8 +9,9 @@ a prefix). Also returned: each row's log-normalizer (float64), so a token's log-
 
 Two implementations with one contract: a plain torch reference (what the tests compare against,
 and what CUDA tensors use) and a fused Numba loop for the CPU, which reads the float32 logits in
-place (two passes for the normalizer, one per entry for the sums, float64 accumulators) instead
-of building float64 copies, log-probabilities and probabilities of vocabulary size.
+place, takes each token's exp once per row (in a row buffer that every entry of the row reads) and
+accumulates in float64, instead of building float64 copies, log-probabilities and probabilities of
+vocabulary size for the whole batch.
 """
 
 from __future__ import annotations
@@ -34,23 +35,28 @@ def bin_probabilities_reference(
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _bin_probabilities_numba(logits, rows, starts, stops, ids, bins, n_bins):  # pragma: no cover - compiled
+def _bin_probabilities_numba(logits, order, row_starts, rows, starts, stops, ids, bins, n_bins):  # pragma: no cover - compiled
     n_rows, n_vocab = logits.shape
     log_norm = np.empty(n_rows)
+    sums = np.zeros((rows.shape[0], n_bins))
     for r in numba.prange(n_rows):
         peak = -np.inf
         for v in range(n_vocab):
             if logits[r, v] > peak:
                 peak = np.float64(logits[r, v])
+        # Each probability once per row (an exp is most of the cost), read by every entry of the row.
+        unnormalized = np.empty(n_vocab)
         total = 0.0
         for v in range(n_vocab):
-            total += np.exp(np.float64(logits[r, v]) - peak)
+            unnormalized[v] = np.exp(np.float64(logits[r, v]) - peak)
+            total += unnormalized[v]
         log_norm[r] = peak + np.log(total)
-    sums = np.zeros((rows.shape[0], n_bins))
-    for e in numba.prange(rows.shape[0]):
-        r = rows[e]
-        for k in range(starts[e], stops[e]):
-            sums[e, bins[k]] += np.exp(np.float64(logits[r, ids[k]]) - log_norm[r])
+        for position in range(row_starts[r], row_starts[r + 1]):
+            e = order[position]
+            for k in range(starts[e], stops[e]):
+                sums[e, bins[k]] += unnormalized[ids[k]]
+            for b in range(n_bins):
+                sums[e, b] /= total
     return sums, log_norm
 
 
@@ -62,7 +68,10 @@ def bin_probabilities(
     if logits.is_cuda:
         return bin_probabilities_reference(logits, rows, starts, stops, ids, bins, n_bins)
     as_long = lambda tensor: tensor.numpy().astype(np.int64, copy=False)  # noqa: E731
+    order = torch.argsort(rows, stable=True)  # the entries grouped by row, each row's between row_starts[r] and [r + 1]
+    row_starts = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(rows, minlength=len(logits)).cumsum(0)])
     sums, log_norm = _bin_probabilities_numba(
-        logits.float().contiguous().numpy(), as_long(rows), as_long(starts), as_long(stops), as_long(ids), as_long(bins), n_bins
+        logits.float().contiguous().numpy(), as_long(order), as_long(row_starts), as_long(rows), as_long(starts),
+        as_long(stops), as_long(ids), as_long(bins), n_bins,
     )
     return torch.from_numpy(sums), torch.from_numpy(log_norm)

@@ -100,9 +100,13 @@ def score_plan(lm: LoadedModel, plan: CoverPlan, stats: DecodeStats, batch_token
     sums = torch.zeros(len(plan.entries), N_BINS, dtype=torch.float64)
     edge = torch.zeros(n_nodes, dtype=torch.float64)  # log P(token of node | parent's sequence)
     whole_ids = torch.arange(len(vocab))
+    # The cache keeps only nodes with children: a leaf (most nodes: the covers' last tokens off the trunk) is
+    # nobody's ancestor, so later nodes would attend past its keys, and attention would cost ~4x as much.
+    slots = list(range(first))  # the nodes whose keys the cache holds, in cache order
     for start in range(first, n_nodes, batch_tokens):
         stop = min(start + batch_tokens, n_nodes)
-        logits = forward_masked(runner, plan.tokens[start:stop], depth[start:stop], ancestors[start:stop, :stop], depth[:stop])
+        keys = torch.tensor(slots + list(range(start, stop)))
+        logits = forward_masked(runner, plan.tokens[start:stop], depth[start:stop], ancestors[start:stop][:, keys], depth[keys])
         entries, rows, starts, stops, ids, bins = _tasks(plan, vocab, range(start, stop), by_node, whole_ids)
         device = logits.device
         block_sums, log_norm = bin_probabilities(logits, rows.to(device), starts, stops, ids.to(device), bins.to(device), N_BINS)
@@ -111,6 +115,9 @@ def score_plan(lm: LoadedModel, plan: CoverPlan, stats: DecodeStats, batch_token
         if kids:
             rows_, cols, targets = (torch.tensor(column) for column in zip(*kids))
             edge[targets] = (logits[rows_, cols].double() - log_norm[rows_]).cpu()
+        parents = [node for node in range(start, stop) if plan.children[node]]
+        runner.keep_new(stop - start, [node - start for node in parents])
+        slots += parents
     logp_node = torch.zeros(n_nodes, dtype=torch.float64)
     for node in range(first + 1, n_nodes):
         logp_node[node] = logp_node[plan.parents[node]] + edge[node]

@@ -3,7 +3,7 @@
 A long text is cut into windows like the token-level scorer's: each scores a segment (cut after a
 newline where possible) after up to `context_bytes` of the text before it (0: a fresh context per
 segment). Every member is scored on the same windows, so an ensemble and its members are compared
-like for like, and the ensemble (mix, product, or the Bayesian `auto` mixture) is computed from the
+like for like, and the ensemble (mix, product, or `auto`, the Bayesian average over weightings) is computed from the
 members' next-byte distributions afterwards.
 
 Each member is scored in batched passes over its covering trees (`batched.py`), or, with
@@ -23,12 +23,13 @@ from tokeff.core.errors import TokeffError
 from tokeff.core.models import LoadedModel
 from tokeff.core.weights import AUTO, Weights, ensemble_weights
 from tokeff.decoding.bytelevel.batched import batched_byte_logprobs
-from tokeff.decoding.bytelevel.ensemble import combine, posterior
+from tokeff.decoding.bytelevel.ensemble import combine, pool_grid, pooled_logprobs, posterior
 from tokeff.decoding.bytelevel.model import ByteLevelModel
 from tokeff.decoding.bytelevel.utf8 import partial_start
 from tokeff.decoding.bytelevel.vocab import END
 from tokeff.decoding.types import DecodeStats
 
+_CHUNK = 2048  # bytes whose pooled distributions `auto` holds at once
 Window = tuple[int, int, int]  # (context start, start, end): scores data[start:end] after data[context start:start]
 
 
@@ -106,12 +107,24 @@ def incremental_byte_logprobs(lm: LoadedModel, data: bytes, plan: list[Window], 
 
 def ensemble_logprobs(member_logprobs: torch.Tensor, data: bytes, weights: Weights = None, mode: str = "mix") -> torch.Tensor:
     """The ensemble's next-byte log-probabilities [bytes, 257] before each byte of `data`, from the members'
-    [members, bytes, 257]. With AUTO, byte i's mixture weights are the members' posteriors given data[:i]."""
-    prior = torch.tensor(ensemble_weights(weights, len(member_logprobs), mode), dtype=torch.float64)
+    [members, bytes, 257]. With AUTO, byte i's pools are weighted by their posteriors given data[:i]."""
+    fixed = ensemble_weights(weights, len(member_logprobs), mode)  # checks the flags
     if weights != AUTO:
-        return combine(member_logprobs, prior, mode)
-    byte_logprobs = member_logprobs[:, torch.arange(len(data)), torch.tensor(list(data))]
-    return combine(member_logprobs, posterior(prior.log(), byte_logprobs)[:, :-1].exp(), mode)
+        return combine(member_logprobs, torch.tensor(fixed, dtype=torch.float64), mode)
+    pools = pool_grid(len(member_logprobs))
+    targets = torch.tensor(list(data))
+    # Chunks of bytes keep the [pools, bytes, 257] tensor small: once for each pool's probability of the text's
+    # bytes (the posteriors), once to average the pools' distributions under them.
+    chunks = [slice(start, start + _CHUNK) for start in range(0, len(data), _CHUNK)]
+    hits = torch.cat([_pooled_hits(member_logprobs[:, chunk], targets[chunk], pools, mode) for chunk in chunks], dim=1)
+    log_posterior = posterior(torch.full((len(pools),), -math.log(len(pools)), dtype=torch.float64), hits)[:, :-1]
+    return torch.cat([torch.logsumexp(log_posterior[:, chunk, None] + pooled_logprobs(member_logprobs[:, chunk], pools, mode), 0)
+                      for chunk in chunks])
+
+
+def _pooled_hits(member_logprobs: torch.Tensor, targets: torch.Tensor, pools: torch.Tensor, mode: str) -> torch.Tensor:
+    """Each pool's log-probability [pools, bytes] of the bytes `targets` under the members' [members, bytes, 257]."""
+    return pooled_logprobs(member_logprobs, pools, mode)[:, torch.arange(len(targets)), targets]
 
 
 def ensemble_nll(member_logprobs: torch.Tensor, data: bytes, weights: Weights = None, mode: str = "mix") -> torch.Tensor:

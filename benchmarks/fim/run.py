@@ -1,4 +1,4 @@
-"""Mid-token completion on HumanEval, and bits per byte of byte-level ensembles.
+"""Mid-token completion on HumanEval: greedy, token healing, exact byte-level decoding and ensembles.
 
 Completion at the cursor: each HumanEval canonical solution is cut at a seeded random character
 (inside a line's code, so usually inside a token); the model completes the line. Methods, for
@@ -10,12 +10,9 @@ line and pass@1 of the solution with the completed line spliced in (the rest of 
 solution closes the function; tests run in a subprocess with a timeout). Model calls and seconds
 per byte of the completed line are measured in the same run, methods interleaved cut by cut.
 
-Bits per byte: the last `--bpb-bytes` bytes of wikitext2-valid.txt, cut into segments scored
-from a fresh context; each model token-level (tokeff's `bits_per_byte`, same segments) and
-byte level, and the byte-level ensembles (mix and product, equal weights). `--bpb-bytes 0` skips
-it and keeps the previous run's figures from docs/fim.json.
+Bits per byte (byte level, ensembles) are measured by benchmarks/bytelevel/run.py.
 
-    python benchmarks/fim/run.py [--cuts 60] [--seed 0] [--bpb-bytes 1500] [--methods greedy,heal,byte,...]
+    python benchmarks/fim/run.py [--cuts 60] [--seed 0] [--methods greedy,heal,byte,...]
 
 Writes docs/fim.md, docs/fim.json and docs/fim.png.
 """
@@ -24,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import subprocess
@@ -35,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data" / "wikitext2-valid.txt"
 MODELS = ("smollm2-135m", "gemma3-270m")
 ENSEMBLE = "ensemble (mix)"
 METHODS = ("greedy", "heal", "byte", "byte --byte-greedy", "ensemble")  # --methods names the last two byte-greedy, ensemble
@@ -230,63 +225,6 @@ def byte_vs_heal(fim: dict) -> list[dict]:
     return comparisons
 
 
-def run_bpb(lms: dict, text: str, segment_bytes: int) -> dict:
-    """Token-level and byte-level bits per byte of each model and the byte-level ensembles, same segments."""
-    import torch
-
-    from tokeff.core import console
-    from tokeff.core.evaluation import bits_per_byte
-    from tokeff.decoding.bytelevel import ByteEnsemble, ByteLevelModel
-    from tokeff.decoding.bytelevel.ensemble import combine
-    from tokeff.decoding.bytelevel.scoring import segments
-
-    pieces = segments(text.encode(), segment_bytes)
-    total = sum(len(piece) for piece in pieces)
-    token_nll = {spec: 0.0 for spec in lms}
-    byte_nll = {spec: 0.0 for spec in lms}
-    ensemble_nll = {"mix": 0.0, "product": 0.0}
-    calls = {spec: 0 for spec in lms}
-    seconds = {"token": 0.0, "byte": 0.0}
-    weights = torch.full((len(lms),), 1.0 / len(lms), dtype=torch.float64)
-    for piece in console.track(pieces, "bits per byte"):
-        piece_text = piece.decode("utf-8")
-        started = time.perf_counter()
-        for spec, lm in lms.items():
-            result = bits_per_byte(lm, piece_text, context=1024)
-            token_nll[spec] += float(result.token_nll.sum())
-        seconds["token"] += time.perf_counter() - started
-        started = time.perf_counter()
-        ensemble = ByteEnsemble([ByteLevelModel(lm) for lm in lms.values()])
-        for byte in piece:
-            ensemble.next_byte_logprobs()
-            members = ensemble.member_logprobs
-            for index, spec in enumerate(lms):
-                byte_nll[spec] -= float(members[index, byte])
-            for mode in ensemble_nll:
-                ensemble_nll[mode] -= float(combine(members, weights, mode)[byte])
-            ensemble.append(byte)
-        seconds["byte"] += time.perf_counter() - started
-        for spec, count in zip(lms, ensemble.model_calls):
-            calls[spec] += count
-    scale = 1.0 / (math.log(2) * total)
-    return {
-        "bytes": total,
-        "segments": len(pieces),
-        "token_bpb": {spec: value * scale for spec, value in token_nll.items()},
-        "byte_bpb": {spec: value * scale for spec, value in byte_nll.items()},
-        "ensemble_bpb": {mode: value * scale for mode, value in ensemble_nll.items()},
-        "byte_calls_per_byte": {spec: count / total for spec, count in calls.items()},
-        "seconds": seconds,
-    }
-
-
-def held_out(count: int) -> str:
-    """The last `count` bytes of WikiText-2 validation, from a line start (no method here is fitted on any of it)."""
-    data = DATA.read_bytes()
-    start = data.index(b"\n", len(data) - count) + 1
-    return data[start:].decode("utf-8")
-
-
 def per_byte(row: dict) -> float:
     return row["seconds"] / max(1, row["bytes"])
 
@@ -296,7 +234,7 @@ def versus_greedy(fim: dict, row: dict) -> float | None:
     return per_byte(row) / per_byte(greedy) if greedy and row is not greedy else None
 
 
-def plot(fim: dict, bpb: dict | None, path: Path) -> None:
+def plot(fim: dict, path: Path) -> None:
     from tokeff.core.reporting import Bars, Panel, plot_panels
 
     rows = fim["rows"]
@@ -312,16 +250,6 @@ def plot(fim: dict, bpb: dict | None, path: Path) -> None:
     panels.append(Panel("", "s / byte, relative to greedy", "time per byte of the completed line", guides=(1.0, 1.25),
                         bars=Bars([short[name] for name in slower], list(slower.values()),
                                   [colors[rows[name]["model"]] for name in slower])))
-    if bpb is not None:
-        labels, values = [], []
-        for spec in bpb["token_bpb"]:
-            labels += [f"{spec.split('-')[0]} token", f"{spec.split('-')[0]} byte"]
-            values += [bpb["token_bpb"][spec], bpb["byte_bpb"][spec]]
-        for mode, value in bpb["ensemble_bpb"].items():
-            labels.append(f"ensemble {mode}")
-            values.append(value)
-        panels.append(Panel("", "bits per byte (lower is better)", f"WikiText-2 held out, {bpb['bytes']:,} bytes",
-                            bars=Bars(labels, values), ylim=(min(values) * 0.95, max(values) * 1.02)))
     plot_panels(path, panels, size=(5.5 * len(panels), 4.8))
 
 
@@ -333,8 +261,6 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=48, help="token methods stop here if no newline came")
     parser.add_argument("--methods", default="greedy,heal,byte,byte-greedy,ensemble",
                         help="comma-separated: greedy, heal, byte, byte-greedy, ensemble")
-    parser.add_argument("--bpb-bytes", type=int, default=1500, help="0 keeps the previous run's bits per byte")
-    parser.add_argument("--segment-bytes", type=int, default=512)
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model specs")
     parser.add_argument("--max-minutes", type=float, default=None, help="start no new cut after this long")
     args = parser.parse_args()
@@ -363,18 +289,9 @@ def main() -> None:
     fim["byte_vs_heal"] = byte_vs_heal(fim)
     fim["cut_text"] = [{"task": c.task_id, "prompt_end": c.prompt[-30:], "target": c.target} for c in cuts[: fim["cuts"]]]
     command = ("python benchmarks/fim/run.py " + " ".join(sys.argv[1:])).strip()
-    previous = json.loads((ROOT / "docs" / "fim.json").read_text()) if (ROOT / "docs" / "fim.json").exists() else {}
-    if args.bpb_bytes > 0:
-        started = time.perf_counter()
-        bpb = run_bpb(lms, held_out(args.bpb_bytes), args.segment_bytes)
-        bpb.update(seconds_total=time.perf_counter() - started, command=command, segment_bytes=args.segment_bytes)
-    else:  # kept from the run that measured it, with its own command
-        bpb = previous.get("bpb")
-        if bpb is not None:
-            bpb.setdefault("command", previous.get("command"))
-    payload = {"command": command, "torch_threads": torch.get_num_threads(), "seed": args.seed, "fim": fim, "bpb": bpb}
+    payload = {"command": command, "torch_threads": torch.get_num_threads(), "seed": args.seed, "fim": fim}
     (ROOT / "docs" / "fim.json").write_text(json.dumps(payload, indent=2) + "\n")
-    plot(fim, bpb, ROOT / "docs" / "fim.png")
+    plot(fim, ROOT / "docs" / "fim.png")
     write_doc(payload)
     summary = {name: {k: v for k, v in row.items() if k not in ("examples", "outcomes")} for name, row in fim["rows"].items()}
     print(json.dumps({"rows": summary, "byte_vs_heal": fim["byte_vs_heal"]}, indent=1))
@@ -383,10 +300,10 @@ def main() -> None:
 def write_doc(payload: dict) -> None:
     from scipy.stats import binomtest
 
-    fim, bpb = payload["fim"], payload["bpb"]
+    fim = payload["fim"]
     rows = fim["rows"]
     lines = [
-        "# Mid-token completion (HumanEval) and byte-level ensembles",
+        "# Mid-token completion (HumanEval)",
         "",
         f"Reproduce: `{payload['command']}` (CPU, {payload['torch_threads']} torch threads, shared 2-core machine; "
         f"completions took {fim['seconds'] / 60:.0f} min).",
@@ -446,26 +363,7 @@ def write_doc(payload: dict) -> None:
                     lines.append(f"- {spec}, {cut['task']} ({'byte' if b['exact'] else 'heal'} right): prompt ends "
                                  f"`{cut['prompt_end'][-20:]!r}`, target `{cut['target']!r}`, byte `{b['output']!r}`, "
                                  f"heal `{h['output']!r}`")
-    if bpb is not None:
-        lines += [
-            "",
-            "## Bits per byte",
-            "",
-            f"Measured by `{bpb.get('command', payload['command'])}`. Held-out text: the last {bpb['bytes']:,} bytes of "
-            f"`wikitext2-valid.txt` (nothing here is fitted on any text), in {bpb['segments']} segments of at most "
-            f"{bpb.get('segment_bytes', 512)} bytes, each scored from a fresh context (the document-boundary token). "
-            "Token level: tokeff's `bits_per_byte` on each segment. Byte level: the next-byte distribution of each "
-            "model, and of the ensembles with equal weights "
-            "(`tokeff eval bpb --model smollm2-135m --model gemma3-270m --mode mix|product`).",
-            "",
-            "| model | token-level bpb | byte-level bpb | model calls / byte |",
-            "| --- | ---: | ---: | ---: |",
-        ]
-        for spec in bpb["token_bpb"]:
-            lines.append(f"| {spec} | {bpb['token_bpb'][spec]:.4f} | {bpb['byte_bpb'][spec]:.4f} "
-                         f"| {bpb['byte_calls_per_byte'][spec]:.2f} |")
-        for mode, value in bpb["ensemble_bpb"].items():
-            lines.append(f"| ensemble ({mode}) | - | {value:.4f} | - |")
+    lines += ["", "Bits per byte of each model byte by byte and of the ensembles: `docs/bytelevel.md`."]
     lines += ["", "![results](fim.png)"]
     (ROOT / "docs" / "fim.md").write_text("\n".join(lines) + "\n")
 

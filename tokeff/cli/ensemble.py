@@ -64,7 +64,7 @@ def ensemble(
     greedy = {spec: _greedy_rates(lm, text, len(data), not ignore_eos) for spec, lm in zip(model, lms)} if greedy_baseline else {}
     payload = {
         "models": model,
-        "weights": combined.weights.tolist(),  # with auto: the posteriors after the last byte
+        "weights": combined.weights.tolist(),  # with auto: the weightings averaged under their posteriors after the last byte
         "auto": weights == AUTO,
         "mode": mode,
         "text": data.decode("utf-8", errors="replace"),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -173,7 +174,9 @@ def write_doc(report: dict, command: str, path: Path) -> None:
         f"{ref['incremental_seconds']:.1f} s ({ref['incremental_seconds'] / ref['batched_seconds']:.0f}x); "
         f"{ref['batched_calls_per_byte']:.4f} vs {ref['incremental_calls_per_byte']:.2f} model calls per byte.",
         "",
-        "Times are single runs, token and byte level side by side in one process; the ratios are what count.",
+        "Times are single runs, token and byte level side by side in one process; the ratios are what count "
+        f"(1-minute load average {report['load_average'][0]:.1f} at the start, {report['load_average'][1]:.1f} at the end, "
+        "on 2 cores: other jobs shared the machine).",
         "",
         "Generation: `tokeff ensemble -m smollm2-135m -m gemma3-270m --greedy-baseline` (equal-weight mix, the most probable "
         "byte at each step, one byte at a time) on the first lines of the held-out text (up to 200 characters each), "
@@ -212,7 +215,9 @@ def main() -> None:
     parser.add_argument("--offset", type=int, default=None, help="start at the first line at or after this byte (default: the file's end)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    load_before = os.getloadavg()[0]
     report = run(args.bytes, args.reference_bytes, args.offset)
+    report["load_average"] = [load_before, os.getloadavg()[0]]  # other jobs on the machine move the times
     offset = "" if args.offset is None else f" --offset {args.offset}"
     command = f"python benchmarks/bytelevel/run.py --bytes {args.bytes} --reference-bytes {args.reference_bytes}{offset}"
     docs = ROOT / "docs"

@@ -81,9 +81,17 @@ def plan_window(lm: LoadedModel, context: bytes, scored: bytes) -> CoverPlan:
 
 
 @torch.inference_mode()
-def score_plan(lm: LoadedModel, plan: CoverPlan, stats: DecodeStats, batch_tokens: int = 256) -> torch.Tensor:
+def default_batch_tokens(vocab_size: int) -> int:
+    """Nodes per model call: up to 1,024, as many as keep a call's float32 logits within 256 MiB. Large calls pay
+    the per-call work once for more nodes (smollm2-135m scored ~30% faster at 512-1,024 nodes than at 256);
+    a 262k vocabulary, where the output layer dominates, gains nothing from more and stays at 256."""
+    return max(16, min(1024, 2**26 // vocab_size))
+
+
+def score_plan(lm: LoadedModel, plan: CoverPlan, stats: DecodeStats, batch_tokens: int | None = None) -> torch.Tensor:
     """log P(next byte | text before it) over 257 outcomes for every scored byte of the plan: [bytes, 257], float64."""
     vocab = ByteVocab.for_model(lm)
+    batch_tokens = batch_tokens or default_batch_tokens(len(vocab))
     n_nodes, first = len(plan.tokens), plan.first_node
     runner = CachedRunner(lm, stats, DynamicCache())
     if first:
@@ -169,7 +177,7 @@ def _next_byte_logprobs(plan: CoverPlan, sums: torch.Tensor, logp_node: torch.Te
 
 
 def batched_byte_logprobs(
-    lm: LoadedModel, data: bytes, windows: list[tuple[int, int, int]], stats: DecodeStats, batch_tokens: int = 256
+    lm: LoadedModel, data: bytes, windows: list[tuple[int, int, int]], stats: DecodeStats, batch_tokens: int | None = None
 ) -> tuple[torch.Tensor, int]:
     """Next-byte log-probabilities [len(data), 257] of every byte, each window (context start, start, end)
     scoring data[start:end] after data[context start:start]; and the tree nodes fed."""

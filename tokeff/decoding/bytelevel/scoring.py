@@ -140,7 +140,7 @@ def byte_bits_per_byte(
     segment_bytes: int = 2048,
     context_bytes: int = 0,
     batched: bool = True,
-    batch_tokens: int = 256,
+    batch_tokens: int | None = None,
 ) -> ByteBpbResult:
     """Bits per byte of the byte-level ensemble of `lms` (and of each member alone) on `text`."""
     data = text.encode("utf-8")

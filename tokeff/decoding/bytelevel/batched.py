@@ -80,7 +80,6 @@ def plan_window(lm: LoadedModel, context: bytes, scored: bytes) -> CoverPlan:
     return plan
 
 
-@torch.inference_mode()
 def default_batch_tokens(vocab_size: int) -> int:
     """Nodes per model call: up to 1,024, as many as keep a call's float32 logits within 256 MiB. Large calls pay
     the per-call work once for more nodes (smollm2-135m scored ~30% faster at 512-1,024 nodes than at 256);
@@ -88,6 +87,7 @@ def default_batch_tokens(vocab_size: int) -> int:
     return max(16, min(1024, 2**26 // vocab_size))
 
 
+@torch.inference_mode()
 def score_plan(lm: LoadedModel, plan: CoverPlan, stats: DecodeStats, batch_tokens: int | None = None) -> torch.Tensor:
     """log P(next byte | text before it) over 257 outcomes for every scored byte of the plan: [bytes, 257], float64."""
     vocab = ByteVocab.for_model(lm)

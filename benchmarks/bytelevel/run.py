@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from tokeff.core.evaluation import bits_per_byte
+from tokeff.core.scoring import window_plan
 from tokeff.core.models import load_model
 from tokeff.core.reporting import Bars, Panel, plot_panels
 from tokeff.core.weights import AUTO
@@ -65,6 +66,27 @@ def bootstrap(nll: torch.Tensor, resamples: int = 1000, seed: int = 0) -> tuple[
     return low, high
 
 
+def work(lm, data: bytes, token_ids: list[int], tree_tokens: int) -> dict:
+    """Multiply-adds per byte that each scorer cannot avoid, from the model's shapes: every token fed runs the
+    body (one multiply-add per non-embedding weight), every distribution needed runs the output layer
+    (vocabulary x hidden). Token level feeds its overlapping windows and keeps the logits of scored tokens only;
+    byte level feeds every covering-tree node and needs every scored node's whole distribution (one node per
+    byte position: the tokenization of each prefix), its context prompt keeping one row."""
+    model = lm.model
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    body = sum(p.numel() for p in model.parameters()) - embedding.numel() - (0 if head is embedding else head.numel())
+    row = head.shape[0] * head.shape[1]
+    token_fed = sum(end - start + 1 for start, end, _ in window_plan(len(token_ids), 1023, 512))
+    plan = scoring.windows(data, 2048, 2048)
+    context_tokens = sum(len(lm.encode_plain(data[c:s].decode("utf-8"))) + 1 for c, s, _ in plan if s > c)
+    token_macs = token_fed * body + len(token_ids) * row
+    byte_macs = tree_tokens * body + (tree_tokens - context_tokens) * row
+    return {"body_params": body, "head_row_macs": row, "token_fed_per_byte": token_fed / len(data),
+            "token_rows_per_byte": len(token_ids) / len(data), "byte_fed_per_byte": tree_tokens / len(data),
+            "byte_rows_per_byte": (tree_tokens - context_tokens) / len(data), "macs_ratio": byte_macs / token_macs}
+
+
 def run(n_bytes: int, reference_bytes: int, start: int | None) -> dict:
     text, offset = held_out(n_bytes, start)
     data = text.encode()
@@ -84,6 +106,7 @@ def run(n_bytes: int, reference_bytes: int, start: int | None) -> dict:
             "byte_vs_token_time": byte.seconds / token_seconds, "model_calls_per_byte": byte.model_calls[0] / byte.bytes,
             "tree_tokens_per_byte": byte.tree_tokens[0] / byte.bytes, "tokens": token.tokens,
             "byte_ci": bootstrap(byte.byte_nll[0]),
+            "work": work(lm, data, token.token_ids, byte.tree_tokens[0]),
         }
         print(spec, rows[spec], file=sys.stderr)
     # `-m A -m B` scores its members one after the other on the same windows, then combines their
@@ -151,6 +174,23 @@ def write_doc(report: dict, command: str, path: Path) -> None:
         lines.append(f"| {spec} | {row['token_bpb']:.4f} | {row['byte_bpb']:.4f} | {ci(row['byte_ci'])} | {row['token_seconds']:.1f} "
                      f"| {row['byte_seconds']:.1f} | {row['byte_vs_token_time']:.2f}x | {row['model_calls_per_byte']:.4f} "
                      f"| {row['tree_tokens_per_byte']:.2f} |")
+    lines += [
+        "",
+        "What each scorer must compute, from the model's shapes and the counts of this run (multiply-adds of "
+        "attention scores left out): token level feeds its overlapping windows through the body and runs the "
+        "output layer for the scored tokens only; byte level feeds every covering-tree node and needs the whole "
+        "next-token distribution of one node per byte position (the tokenization of each prefix), so the output "
+        "layer runs about once per byte. The last column is the time ratio no implementation of this exact scorer "
+        "goes below at equal speed per multiply-add.",
+        "",
+        "| model | body params | token: fed / byte | token: output rows / byte | byte: fed / byte | byte: output rows / byte | multiply-add ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for spec, row in report["models"].items():
+        w = row["work"]
+        lines.append(f"| {spec} | {w['body_params'] / 1e6:.0f}M (+ {w['head_row_macs'] / 1e6:.0f}M per output row) "
+                     f"| {w['token_fed_per_byte']:.2f} | {w['token_rows_per_byte']:.2f} | {w['byte_fed_per_byte']:.2f} "
+                     f"| {w['byte_rows_per_byte']:.2f} | {w['macs_ratio']:.2f}x |")
     best_key = next(key for key in report["ensembles"]["mix"] if key.startswith("minus_"))
     lines += [
         "",
